@@ -1,0 +1,105 @@
+"""SageMaker model folders and `model.tar.gz` archives -> a loaded Classifier of the right family."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+from serving.classifier import Classifier
+from serving.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_artifacts" / "demo" / "roberta"
+
+
+def resolve_model_dir(path: str | os.PathLike | None = None, extract_root: Path | None = None) -> Path:
+    """The folder to load: `path` (a folder or a .tar.gz, extracted safely), else /opt/ml/model, else the demo."""
+    if path is None:
+        path = SAGEMAKER_MODEL_DIR if SAGEMAKER_MODEL_DIR.is_dir() else DEMO_MODEL_DIR
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        target = Path(tempfile.mkdtemp(prefix="model-", dir=extract_root))
+        extract_archive(path, target)
+        return target
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: no such model folder or archive")
+    return path
+
+
+def extract_archive(archive: Path, target: Path) -> None:
+    """Extract a model archive, refusing absolute paths, `..`, links out of the folder and device files."""
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                _check_member(member, archive)
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise ModelLoadError(f"{archive}: unreadable or unsafe archive ({exc})") from exc
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    name = member.name
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ModelLoadError(f"{archive}: refusing absolute path {name!r}")
+    if ".." in Path(name).parts:
+        raise ModelLoadError(f"{archive}: refusing path with '..': {name!r}")
+    if member.issym() or member.islnk():
+        link = Path(member.linkname)
+        base = Path(name).parent if member.issym() else Path()
+        if link.is_absolute() or not _stays_inside(base / link):
+            raise ModelLoadError(f"{archive}: refusing link {name!r} -> {member.linkname!r} out of the folder")
+    elif not (member.isfile() or member.isdir()):
+        raise ModelLoadError(f"{archive}: refusing special file {name!r}")
+
+
+def _stays_inside(relative: Path) -> bool:
+    depth = 0
+    for part in relative.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return False
+    return True
+
+
+def detect_family(model_dir: Path) -> str:
+    """'roberta' or 'rnn', from config.json; anything else is a clear start-up error."""
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{model_dir}: config.json is missing (not a model folder?)")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from exc
+    from serving.models.rnn import ARCHITECTURE
+    from serving.models.roberta import ARCHITECTURES
+
+    if config.get("architecture") == ARCHITECTURE:
+        return "rnn"
+    if set(config.get("architectures") or []) & set(ARCHITECTURES):
+        return "roberta"
+    found = config.get("architectures") or config.get("architecture")
+    raise ModelLoadError(
+        f"{config_path}: unknown architecture {found!r}; expected one of {(*ARCHITECTURES, ARCHITECTURE)}"
+    )
+
+
+def load_classifier(
+    path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None
+) -> Classifier:
+    """Resolve, detect and load: the one call the CLI and the server make."""
+    model_dir = resolve_model_dir(path)
+    family = detect_family(model_dir)
+    log.info("loading %s model from %s on %s", family, model_dir, device)
+    if family == "rnn":
+        from serving.models.rnn import RNNClassifier
+
+        return RNNClassifier(model_dir, device=device, max_length=max_length)
+    from serving.models.roberta import RobertaClassifier
+
+    return RobertaClassifier(model_dir, device=device, max_length=max_length)

@@ -1,0 +1,49 @@
+"""Reading texts (and Jigsaw-style fractional labels) from CSV, JSON Lines or plain-text files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+TEXT_FIELDS = ("comment_text", "text", "inputs")
+JIGSAW_LABELS = (
+    "toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack", "sexual_explicit",
+)
+
+
+def read_records(source: Path | io.TextIOBase, kind: str | None = None) -> list[dict]:
+    """Rows as dicts; `kind` is csv, jsonl or txt (default: from the file's suffix, stdin: txt)."""
+    if isinstance(source, Path):
+        kind = kind or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(source.suffix, "txt")
+        with source.open(newline="", encoding="utf-8") as f:
+            return _parse(f, kind)
+    return _parse(source, kind or "txt")
+
+
+def _parse(lines: Iterable[str], kind: str) -> list[dict]:
+    if kind == "csv":
+        return list(csv.DictReader(lines))
+    if kind == "jsonl":
+        records = [json.loads(line) for line in lines if line.strip()]
+        return [r if isinstance(r, dict) else {"text": r} for r in records]
+    return [{"text": line.rstrip("\r\n")} for line in lines if line.strip()]
+
+
+def text_of(record: dict) -> str:
+    for name in TEXT_FIELDS:
+        if name in record:
+            return str(record[name])
+    raise ValueError(f"record has none of the text fields {TEXT_FIELDS}: keys {sorted(record)}")
+
+
+def read_labelled(path: Path, labels: Iterable[str] = JIGSAW_LABELS, split: str | None = None):
+    """(texts, fractional label matrix) from a Jigsaw-layout file, optionally one `split` only."""
+    records = [r for r in read_records(path) if split is None or r.get("split") == split]
+    labels = list(labels)
+    y = np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
+    return [text_of(r) for r in records], y.reshape(len(records), len(labels))

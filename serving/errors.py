@@ -1,0 +1,61 @@
+"""Errors raised by the serving package, each carrying the HTTP status it maps to."""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base error: `status` is the HTTP status, `code` a stable machine-readable name."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelLoadError(ServingError):
+    """A model folder or archive is missing, unsafe, or broken; raised at start-up."""
+
+    status = 503
+    code = "model_load_failed"
+
+
+class BadRequest(ServingError):
+    status = 400
+    code = "bad_request"
+
+
+class NotAcceptable(ServingError):
+    status = 406
+    code = "not_acceptable"
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServingError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UnprocessableInput(ServingError):
+    status = 422
+    code = "unprocessable_input"
+
+
+class QueueFull(ServingError):
+    status = 429
+    code = "queue_full"
+
+
+class NotReady(ServingError):
+    status = 503
+    code = "not_ready"
+
+
+class RequestTimeout(ServingError):
+    status = 504
+    code = "timeout"

@@ -1,0 +1,1 @@
+"""The two model families: RoBERTox (transformer) and the subword-embedding LSTM."""

@@ -1,0 +1,146 @@
+"""The seed's subword-embedding + stacked-LSTM classifier and the Classifier that serves it.
+
+Folder layout (all in one SageMaker model folder):
+  config.json        {"architecture": "SubwordLSTMClassifier", "labels": [...], hyperparameters, ...}
+  model.safetensors  LSTM and head weights (the embedding table comes from the fastText file)
+  <embeddings_file>  the fastText/BlazingText `.bin` (default `vectors.bin`)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.classifier import Classifier, EncodedText, Scores, logits_to_scores
+from serving.errors import ModelLoadError
+from serving.models.fasttext import SubwordVectors
+from serving.weights import assign_weights, load_state_dict
+
+ARCHITECTURE = "SubwordLSTMClassifier"
+WORD_PATTERN = r"[\w']+|[!?*@#$%]+"
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """Hyperparameters; defaults are the seed's training job's."""
+
+    labels: list[str]
+    embed_size: int = 300
+    lstm_hidden_size: int = 200
+    lstm_num_layers: int = 2
+    proj_size: int = 100
+    max_len: int = 100
+    dropout: float = 0.1
+    embeddings_file: str = "vectors.bin"
+    lowercase: bool = True
+    word_pattern: str = WORD_PATTERN
+    architecture: str = ARCHITECTURE
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: Path) -> RNNConfig:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: unreadable config ({exc})") from exc
+        if raw.get("architecture") != ARCHITECTURE:
+            raise ModelLoadError(f"{path}: unknown architecture {raw.get('architecture')!r}")
+        if not raw.get("labels"):
+            raise ModelLoadError(f"{path}: no labels (`labels` is missing or empty)")
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**known, extra={k: v for k, v in raw.items() if k not in known})
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return json.dumps(data, indent=2)
+
+
+class SubwordLSTMClassifier(nn.Module):
+    """Mean of subword rows per word -> stacked LSTM -> state at the last real word -> projection -> labels."""
+
+    def __init__(self, config: RNNConfig, embedding_rows: int) -> None:
+        super().__init__()
+        # The frozen fastText table: not in model.safetensors, filled from the .bin at load time.
+        self.register_buffer("table", torch.zeros(embedding_rows, config.embed_size), persistent=False)
+        self.lstm = nn.LSTM(
+            config.embed_size, config.lstm_hidden_size, num_layers=config.lstm_num_layers,
+            batch_first=True, dropout=config.dropout if config.lstm_num_layers > 1 else 0.0,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(config.lstm_hidden_size, config.proj_size),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.proj_size, len(config.labels)),
+        )
+
+    def embed(self, flat_rows: torch.Tensor, offsets: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Mean of each word slot's rows in one `embedding_bag` call; empty slots (padding) are zeros."""
+        vectors = nn.functional.embedding_bag(flat_rows, self.table, offsets, mode="mean")
+        return vectors.view(shape[0], shape[1], -1)
+
+    def forward(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.lstm(embeddings)
+        # A unidirectional LSTM's output at the last real word never sees the padding after it.
+        last = (lengths.clamp(min=1) - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+        return self.head(outputs.gather(1, last).squeeze(1))
+
+
+class RNNClassifier(Classifier):
+    family = "rnn"
+    problem_type = "multi_label"
+
+    def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None) -> None:
+        self.config = RNNConfig.from_file(model_dir / "config.json")
+        self.labels = tuple(self.config.labels)
+        self.device = device
+        self.max_length = min(max_length or self.config.max_len, self.config.max_len)
+        self.words = re.compile(self.config.word_pattern)
+        self.vectors = SubwordVectors.from_fasttext_file(model_dir / self.config.embeddings_file)
+        if self.vectors.dim != self.config.embed_size:
+            raise ModelLoadError(
+                f"{model_dir / self.config.embeddings_file}: vectors have dimension {self.vectors.dim}, "
+                f"config.json says embed_size {self.config.embed_size}"
+            )
+        self.model = SubwordLSTMClassifier(self.config, self.vectors.matrix.shape[0])
+        assign_weights(self.model, load_state_dict(model_dir, ("model.safetensors",)), model_dir)
+        self.model.table.copy_(torch.from_numpy(self.vectors.matrix))
+        self.model.to(device).eval()
+
+    def split_words(self, text: str) -> list[str]:
+        return self.words.findall(text.lower() if self.config.lowercase else text)
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        encoded = []
+        for text in texts:
+            words = self.split_words(text)
+            rows = [self.vectors.rows_of(w) for w in words[: self.max_length]]
+            encoded.append(EncodedText(rows, len(rows), len(words) > self.max_length))
+        return encoded
+
+    def batch_tensors(self, batch: Sequence[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (batch, longest text, dim) and lengths; padding slots are empty bags."""
+        width = max(1, max(item.length for item in batch))
+        flat: list[int] = []
+        offsets = np.zeros(len(batch) * width, dtype=np.int64)
+        for b, item in enumerate(batch):
+            for w in range(width):
+                offsets[b * width + w] = len(flat)
+                if w < item.length:
+                    flat.extend(item.features[w])
+        lengths = torch.tensor([item.length for item in batch], dtype=torch.int64, device=self.device)
+        rows = torch.tensor(flat, dtype=torch.int64, device=self.device)
+        embeddings = self.model.embed(rows, torch.from_numpy(offsets).to(self.device), (len(batch), width))
+        return embeddings, lengths
+
+    def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
+        with torch.inference_mode():
+            logits = self.model(*self.batch_tensors(batch))
+        return logits_to_scores(logits.float().cpu().numpy(), self.problem_type)
