@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -25,6 +27,7 @@ def resolve_model_dir(path: str | os.PathLike | None = None, extract_root: Path 
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
         target = Path(tempfile.mkdtemp(prefix="model-", dir=extract_root))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
         extract_archive(path, target)
         return target
     if not path.is_dir():

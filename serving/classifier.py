@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +43,15 @@ class Classifier(abc.ABC):
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> Scores:
         """Score any number of texts offline, in length-sorted batches, returned in input order."""
-        encoded = self.encode(texts)
+        return self.predict_batches(self.encode(texts), batch_size)
+
+    def predict_batches(
+        self, encoded: Sequence[EncodedText], batch_size: int, progress: Callable | None = None
+    ) -> Scores:
+        """Score encoded texts in length-sorted batches; `progress` wraps the batch iterator (e.g. tqdm)."""
         scores = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
-        for indices in length_sorted_batches(encoded, batch_size):
+        batches = list(length_sorted_batches(encoded, batch_size))
+        for indices in progress(batches) if progress else batches:
             scores[indices] = self.predict_encoded([encoded[i] for i in indices])
         return scores
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -16,7 +16,7 @@ JIGSAW_LABELS = (
 )
 
 
-def read_records(source: Path | io.TextIOBase, kind: str | None = None) -> list[dict]:
+def read_records(source: Path | TextIO, kind: str | None = None) -> list[dict]:
     """Rows as dicts; `kind` is csv, jsonl or txt (default: from the file's suffix, stdin: txt)."""
     if isinstance(source, Path):
         kind = kind or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(source.suffix, "txt")

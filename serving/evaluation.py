@@ -49,6 +49,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(values), dtype=np.float64)
     sorted_values = values[order]
     boundaries = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1, len(values)]
-    for start, end in zip(boundaries[:-1], boundaries[1:]):
+    for start, end in zip(boundaries[:-1], boundaries[1:], strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2.0
     return ranks

@@ -66,6 +66,8 @@ class RNNConfig:
 class SubwordLSTMClassifier(nn.Module):
     """Mean of subword rows per word -> stacked LSTM -> state at the last real word -> projection -> labels."""
 
+    table: torch.Tensor
+
     def __init__(self, config: RNNConfig, embedding_rows: int) -> None:
         super().__init__()
         # The frozen fastText table: not in model.safetensors, filled from the .bin at load time.

@@ -6,6 +6,7 @@ import enum
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class LossMode(str, enum.Enum):
 class CustomLossMixIn:
     """Loss chosen by `config.mode`, with optional per-class and per-sample weights (as in the seed)."""
 
-    config: RobertaConfig
+    config: Any
 
     def compute_loss(
         self, logits: torch.Tensor, labels: torch.Tensor | None, sample_weights: torch.Tensor | None = None
@@ -116,7 +117,8 @@ class RobertaClassifier(Classifier):
 
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None) -> None:
         self.config = _read_config(model_dir)
-        self.labels = tuple(self.config.id2label[i] for i in range(self.config.num_labels))
+        id2label: dict[Any, str] = dict(self.config.id2label or {})
+        self.labels = tuple(id2label[i] for i in range(len(id2label)))
         self.problem_type = problem_type_of(self.config)
         self.device = device
         self.pad_id = int(self.config.pad_token_id if self.config.pad_token_id is not None else 1)
@@ -127,7 +129,7 @@ class RobertaClassifier(Classifier):
         state = load_state_dict(model_dir)
         state = {k: v for k, v in state.items() if not k.endswith("position_ids") and ".pooler." not in k}
         assign_weights(self.model, state, model_dir)
-        self.model.to(device).eval()
+        self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)

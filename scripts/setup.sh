@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up .venv (torch first, CPU build unless TORCH_SPEC says otherwise), installs the package
+# with its CPU and dev extras, and builds the demo models if they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch explicitly first: letting pip resolve it from the package's dependencies pulls a multi-GB CUDA build.
+.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+.venv/bin/python -m pip install --quiet -e ".[cpu,dev]"
+.venv/bin/python model_artifacts/build_demo.py

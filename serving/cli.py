@@ -1,0 +1,61 @@
+"""The `toxserve` command line: predict offline now; serve, export, deploy as they land."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Serve RoBERTox and subword-LSTM toxicity classifiers (SageMaker container contract)."""
+
+
+@main.command()
+@click.option("--model-dir", envvar="SERVING_MODEL_DIR", help="model folder or model.tar.gz [default: "
+              "/opt/ml/model if present, else the bundled demo model]")
+@click.option("--input", "input_path", default="-", show_default=True,
+              help="CSV (comment_text/text column), JSONL or plain lines; - for stdin")
+@click.option("--output", "output_path", default="-", show_default=True, help="file or - for stdout")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv"]),
+              help="output format [default: from --output's suffix, else jsonl]")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+def predict(model_dir, input_path, output_path, output_format, batch_size, device) -> None:
+    """Score texts offline with the same inference code the server uses."""
+    from tqdm import tqdm
+
+    from serving.artifacts import load_classifier
+    from serving.corpus import read_records, text_of
+    from serving.device import pick_device
+    from serving.results import text_results
+
+    records = read_records(sys.stdin) if input_path == "-" else read_records(Path(input_path))
+    texts = [text_of(r) for r in records]
+    classifier = load_classifier(model_dir, device=pick_device(device))
+    encoded = classifier.encode(texts)
+    progress = None if input_path == "-" else (lambda it: tqdm(it, desc="batches", unit="batch", file=sys.stderr))
+    scores = classifier.predict_batches(encoded, batch_size, progress)
+    results = text_results(classifier.labels, scores, [e.truncated for e in encoded])
+    output_format = output_format or ("csv" if output_path.endswith(".csv") else "jsonl")
+    with click.open_file(output_path, "w") as out:
+        write_results(out, results, classifier.labels, output_format)
+
+
+def write_results(out, results: list[dict], labels, output_format: str) -> None:
+    if output_format == "jsonl":
+        for result in results:
+            out.write(json.dumps(result) + "\n")
+        return
+    writer = csv.writer(out)
+    writer.writerow([*labels, "labels", "truncated"])
+    for r in results:
+        writer.writerow([*(r["scores"][label] for label in labels), ";".join(r["labels"]), r["truncated"]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Shared fixtures: the demo models (built once if missing) and small helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO / "model_artifacts" / "demo"
+CORPUS = REPO / "model_artifacts" / "data" / "comments.csv"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """model_artifacts/demo, built by the same script the set-up command runs when it is missing."""
+    if not (DEMO_DIR / "metrics.json").exists():
+        sys.path.insert(0, str(REPO / "model_artifacts"))
+        import build_demo
+
+        build_demo.main(["--out", str(DEMO_DIR)])
+    return DEMO_DIR
+
+
+@pytest.fixture(scope="session")
+def roberta_dir(demo_dir: Path) -> Path:
+    return demo_dir / "roberta"
+
+
+@pytest.fixture(scope="session")
+def rnn_dir(demo_dir: Path) -> Path:
+    return demo_dir / "rnn"

@@ -1,0 +1,61 @@
+"""The tensorised fastText lookup equals gensim's vectors, in-vocabulary and unseen words alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gensim.models import FastText
+from gensim.models.fasttext import load_facebook_vectors, save_facebook_model
+from gensim.models.fasttext_inner import compute_ngrams_bytes, ft_hash_bytes
+
+from serving.models.fasttext import SubwordVectors, character_ngrams, fasttext_hash
+
+WORDS = ["idiot", "idoit", "stuuuupid", "m0r0n", "you", "the", "café", "naïve", "日本語", "a", "x", "zzzzqqq",
+         "don't", "!!!", "sh*t", "supercalifragilistic", "ıi"]
+
+
+@pytest.mark.parametrize("word", WORDS)
+def test_hash_and_ngrams_equal_gensim(word):
+    assert character_ngrams(word, 3, 6) == compute_ngrams_bytes(word, 3, 6)
+    for ngram in compute_ngrams_bytes(word, 1, 6):
+        assert fasttext_hash(ngram) == ft_hash_bytes(ngram)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    sentences = [["you", "are", "an", "idiot"], ["the", "map", "is", "fun"], ["café", "naïve", "you"]] * 20
+    model = FastText(vector_size=16, min_count=1, bucket=500, min_n=2, max_n=5, epochs=3, seed=1, workers=1)
+    model.build_vocab(corpus_iterable=sentences)
+    model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=3)
+    path = tmp_path_factory.mktemp("ft") / "vectors.bin"
+    save_facebook_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("fixture", ["small_model", "demo_vectors"])
+def test_vectors_equal_gensim(fixture, request):
+    path = request.getfixturevalue(fixture)
+    gensim_vectors = load_facebook_vectors(str(path))
+    ours = SubwordVectors.from_fasttext_file(path)
+    in_vocab = gensim_vectors.index_to_key[:50]
+    assert in_vocab and all(w in ours.vocab for w in in_vocab)
+    for word in [*in_vocab, *WORDS, "idiiot", "stupdi", "moronnn", "xyzzy"]:
+        np.testing.assert_allclose(ours.vector(word), gensim_vectors[word], atol=1e-6, err_msg=word)
+
+
+@pytest.fixture
+def demo_vectors(rnn_dir):
+    return rnn_dir / "vectors.bin"
+
+
+def test_batch_embedding_is_one_lookup_matching_per_word_vectors(rnn_dir):
+    from serving.models.rnn import RNNClassifier
+
+    classifier = RNNClassifier(rnn_dir)
+    texts = ["u r an idoit", "this is compleetly stuuupid!!", ""]
+    embeddings, lengths = classifier.batch_tensors(classifier.encode(texts))
+    assert lengths.tolist() == [4, 5, 0]
+    for b, text in enumerate(texts):
+        for w, word in enumerate(classifier.split_words(text)):
+            np.testing.assert_allclose(embeddings[b, w].numpy(), classifier.vectors.vector(word), atol=1e-6)
+    assert not embeddings[2].any()  # padding and empty texts embed to zeros
