@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -55,6 +56,42 @@ def write_results(out, results: list[dict], labels, output_format: str) -> None:
     writer.writerow([*labels, "labels", "truncated"])
     for r in results:
         writer.writerow([*(r["scores"][label] for label in labels), ";".join(r["labels"]), r["truncated"]])
+
+
+def settings_options(command):
+    """One `--flag` per Settings field; unset flags fall back to the environment, then the default."""
+    from serving.config import Settings
+
+    for f in reversed(dataclasses.fields(Settings)):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        flag = "--" + f.name.replace("_", "-")
+        command = click.option(flag, f.name, type=kind, default=None,
+                               help=f"{f.metadata.get('help', '')} [env SERVING_{f.name.upper()}; "
+                                    f"default {f.default}]")(command)
+    return command
+
+
+@main.command()
+@settings_options
+def serve(**flags) -> None:
+    """Start the SageMaker-compatible server (gunicorn + Flask) on the model folder."""
+    from serving.config import Settings
+    from serving.errors import ModelLoadError
+    from serving.server import run
+
+    try:
+        settings = Settings.from_env(**flags)
+        run(settings)
+    except (ValueError, ModelLoadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def serve_entrypoint() -> None:
+    """The `serve` executable SageMaker runs (`docker run IMAGE serve`): `toxserve serve` by another name."""
+    args = sys.argv[1:]
+    if args[:1] == ["serve"]:
+        args = args[1:]
+    serve.main(args=args, prog_name="serve")
 
 
 if __name__ == "__main__":

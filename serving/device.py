@@ -12,3 +12,27 @@ def pick_device(requested: str = "auto") -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {requested!r} requested but CUDA is not available")
     return requested
+
+
+def predict_splitting_on_oom(predict, batch: list):
+    """Run `predict(batch)`; on CUDA out-of-memory, free the cache and retry each half instead of failing."""
+    import numpy as np
+
+    try:
+        return predict(batch)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return np.concatenate([predict_splitting_on_oom(predict, batch[:half]),
+                               predict_splitting_on_oom(predict, batch[half:])])
+
+
+def set_torch_threads(threads: int, workers: int) -> int:
+    """Intra-op threads for this worker: `threads`, or this machine's cores shared among the workers."""
+    import os
+
+    count = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(count)
+    return count

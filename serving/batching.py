@@ -1,0 +1,226 @@
+"""Dynamic batching: one queue and one loop per worker; submit(texts) -> future of their scores.
+
+Request threads tokenise and submit; the loop takes what is waiting as soon as the device is
+free, groups texts of similar length around the oldest one (bounded by a text count and a
+padded-token budget), runs the batch, and settles every future it accepted, whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.classifier import EncodedText
+from serving.errors import NotReady, QueueFull, RequestTimeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchedResult:
+    """A request's scores in input order, with the longest its texts waited and computed."""
+
+    scores: np.ndarray
+    queue_s: float
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one forward pass held; passed to the `on_batch` hook (metrics)."""
+
+    size: int
+    padded_tokens: int
+    real_tokens: int
+    compute_s: float
+
+
+@dataclass(eq=False)
+class _Request:
+    future: Future
+    scores: np.ndarray
+    remaining: int
+    deadline: float
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+    @property
+    def abandoned(self) -> bool:
+        return self.future.done() or time.monotonic() > self.deadline
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    encoded: EncodedText
+    request: _Request
+    index: int
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def cost_length(self) -> int:
+        return max(1, self.encoded.length)
+
+
+def select_batch(lengths: Sequence[int], max_size: int, max_tokens: int) -> list[int]:
+    """Indices of a batch around item 0 (the oldest): nearest lengths first, while size and padded tokens fit."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    low = high = order.index(0)
+    longest = lengths[0]
+    while high - low + 1 < max_size:
+        count = high - low + 2
+        right = order[high + 1] if high + 1 < len(order) else None
+        left = order[low - 1] if low > 0 else None
+        right_fits = right is not None and max(longest, lengths[right]) * count <= max_tokens
+        left_fits = left is not None and longest * count <= max_tokens
+        prefer_right = right_fits and (
+            not left_fits or lengths[right] - lengths[0] <= lengths[0] - lengths[left]  # type: ignore[index]
+        )
+        if prefer_right:
+            high += 1
+            longest = max(longest, lengths[right])  # type: ignore[index]
+        elif left_fits:
+            low -= 1
+        else:
+            break
+    return order[low : high + 1]
+
+
+class Batcher:
+    """Owns the queue and the inference loop; `run_batch` maps encoded texts to a (n, labels) array."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[EncodedText]], np.ndarray],
+        num_labels: int,
+        *,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_batch_delay_ms: float = 0.0,
+        max_queue_texts: int = 2048,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.num_labels = num_labels
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_delay_s = max_batch_delay_ms / 1000.0
+        self.max_queue_texts = max_queue_texts
+        self.on_batch = on_batch
+        self._waiting: list[_Item] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="inference-loop", daemon=True)
+
+    def start(self) -> Batcher:
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
+    def queued_texts(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, encoded: Sequence[EncodedText], timeout_s: float) -> Future:
+        """Queue a request's texts; the future yields a BatchedResult or the error that stopped it."""
+        future: Future = Future()
+        if not encoded:
+            future.set_result(BatchedResult(np.zeros((0, self.num_labels), np.float32), 0.0, 0.0))
+            return future
+        request = _Request(future, np.zeros((len(encoded), self.num_labels), np.float32), len(encoded),
+                           time.monotonic() + timeout_s)
+        with self._cond:
+            if self._stopping or not self._thread.is_alive():
+                raise NotReady("the server is shutting down")
+            if len(self._waiting) + len(encoded) > self.max_queue_texts:
+                raise QueueFull(
+                    f"queue is full ({len(self._waiting)} texts waiting, limit {self.max_queue_texts}); retry later"
+                )
+            self._waiting.extend(_Item(e, request, i) for i, e in enumerate(encoded))
+            self._cond.notify()
+        return future
+
+    def stop(self, timeout_s: float = 25.0) -> bool:
+        """Refuse new texts, finish the queued ones, and end the loop; False if it did not end in time."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                if self.max_batch_delay_s and len(self._waiting) < self.max_batch_size and not self._stopping:
+                    self._cond.wait_for(lambda: len(self._waiting) >= self.max_batch_size, self.max_batch_delay_s)
+                batch = self._take_batch()
+            if batch:
+                self._run(batch)
+
+    def _take_batch(self) -> list[_Item]:
+        """Drop texts of abandoned requests, then remove and return the next batch (lock held)."""
+        for item in self._waiting:
+            if item.request.abandoned:
+                _settle(item.request.future, error=RequestTimeout("request timed out while queued"))
+        self._waiting = [item for item in self._waiting if not item.request.future.done()]
+        if not self._waiting:
+            return []
+        picked = select_batch([i.cost_length for i in self._waiting], self.max_batch_size, self.max_batch_tokens)
+        chosen = set(picked)
+        batch = [self._waiting[i] for i in sorted(picked)]
+        self._waiting = [item for i, item in enumerate(self._waiting) if i not in chosen]
+        return batch
+
+    def _run(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        try:
+            scores = self.run_batch([item.encoded for item in batch])
+            if len(scores) != len(batch):
+                raise RuntimeError(f"model returned {len(scores)} rows for a batch of {len(batch)}")
+        except BaseException as exc:  # every accepted future is settled, and the loop lives on
+            log.exception("batch of %d texts failed", len(batch))
+            for item in batch:
+                _settle(item.request.future, error=exc)
+            return
+        compute_s = time.monotonic() - started
+        self._report(batch, compute_s)
+        for item, row in zip(batch, scores, strict=True):
+            request = item.request
+            request.scores[item.index] = row
+            request.queue_s = max(request.queue_s, started - item.enqueued_at)
+            request.compute_s = max(request.compute_s, compute_s)
+            request.remaining -= 1
+            if request.remaining == 0:
+                _settle(request.future, BatchedResult(request.scores, request.queue_s, request.compute_s))
+
+    def _report(self, batch: list[_Item], compute_s: float) -> None:
+        if self.on_batch is None:
+            return
+        lengths = [item.cost_length for item in batch]
+        try:
+            self.on_batch(BatchStats(len(batch), max(lengths) * len(batch), sum(lengths), compute_s))
+        except Exception:
+            log.exception("on_batch hook failed")
+
+
+def _settle(future: Future, result: BatchedResult | None = None, error: BaseException | None = None) -> None:
+    """Resolve a future once; the waiter may have given up (cancelled it) in the meantime."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

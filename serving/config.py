@@ -1,0 +1,82 @@
+"""Settings, read once from the environment (SageMaker's names and our SERVING_ ones) and `serve` flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from sagemaker_inference import parameters as sm
+
+PREFIX = "SERVING_"
+
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server; each is a `serve --flag` and the env var SERVING_<NAME> (SageMaker's where noted)."""
+
+    model_dir: str | None = field(default=None, metadata={"help": "model folder or model.tar.gz"})
+    host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
+    port: int = field(default=8080, metadata={"help": "port (SAGEMAKER_BIND_TO_PORT)"})
+    workers: int = field(default=0, metadata={"help": "worker processes, 0 = one per GPU or 1 on CPU "
+                                                      "(SAGEMAKER_MODEL_SERVER_WORKERS)"})
+    threads: int = field(default=64, metadata={"help": "request threads per worker"})
+    timeout_s: int = field(default=60, metadata={"help": "request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
+    max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    torch_threads: int = field(default=0, metadata={"help": "intra-op threads per worker, 0 = cores / workers"})
+    max_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
+    max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
+    max_batch_delay_ms: float = field(default=0.0, metadata={"help": "wait for more texts when idle"})
+    max_queue_texts: int = field(default=2048, metadata={"help": "queued texts per worker before 429"})
+    max_length: int = field(default=0, metadata={"help": "truncate texts to this many tokens, 0 = model limit"})
+    graceful_timeout_s: int = field(default=25, metadata={"help": "drain time after SIGTERM"})
+    log_level: str = field(default="info", metadata={"help": "logging level"})
+
+    def __post_init__(self) -> None:
+        positive = ("port", "threads", "timeout_s", "max_batch_size", "max_batch_tokens", "max_queue_texts")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("workers", "torch_threads", "max_length", "max_batch_delay_ms", "graceful_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.max_payload_mb <= 0:
+            raise ValueError(f"max_payload_mb must be positive, got {self.max_payload_mb}")
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """SageMaker's variables, then SERVING_* ones, then explicit overrides (flags); None means unset."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        sagemaker_names = {
+            "port": sm.BIND_TO_PORT_ENV, "workers": sm.MODEL_SERVER_WORKERS_ENV,
+            "timeout_s": sm.MODEL_SERVER_TIMEOUT_ENV, "max_payload_mb": sm.MAX_REQUEST_SIZE,
+        }
+        for f in fields(cls):
+            for name in (sagemaker_names.get(f.name), PREFIX + f.name.upper()):
+                if name and env.get(name, "").strip():
+                    values[f.name] = _convert(f, env[name], name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _convert(f: dataclasses.Field, raw: str, name: str):
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+    return raw

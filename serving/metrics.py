@@ -1,0 +1,50 @@
+"""Every Prometheus metric of the server, prefixed `toxserve_`; multiprocess-safe under gunicorn."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from serving.batching import BatchStats
+
+PREFIX = "toxserve_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+requests = Counter(f"{PREFIX}requests_total", "HTTP requests by route and status", ["route", "status"])
+request_latency = Histogram(f"{PREFIX}request_latency_seconds", "Request latency", ["route"],
+                            buckets=LATENCY_BUCKETS)
+stage_latency = Histogram(f"{PREFIX}stage_seconds", "Per-request time in each stage (queue, tokenize, inference)",
+                          ["stage"], buckets=LATENCY_BUCKETS)
+batch_size = Histogram(f"{PREFIX}batch_size", "Texts per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+batch_tokens = Histogram(f"{PREFIX}batch_padded_tokens", "Padded tokens per forward pass",
+                         buckets=(16, 64, 256, 1024, 4096, 16384, 65536))
+queue_depth = Gauge(f"{PREFIX}queue_texts", "Texts waiting for a batch", multiprocess_mode="livesum")
+truncated_texts = Counter(f"{PREFIX}truncated_texts_total", "Texts truncated to the model's limit")
+texts = Counter(f"{PREFIX}texts_total", "Texts scored")
+model_load_seconds = Gauge(f"{PREFIX}model_load_seconds", "Model load and warm-up time", multiprocess_mode="max")
+
+
+def observe_batch(stats: BatchStats) -> None:
+    batch_size.observe(stats.size)
+    batch_tokens.observe(stats.padded_tokens)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text: all workers' values when running under gunicorn, this process's otherwise."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,164 @@
+"""Validate -> tokenise -> batch -> results: the request path, knowing neither Flask nor torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.batching import BatchedResult, Batcher, BatchStats
+from serving.classifier import Classifier, EncodedText
+from serving.config import Settings
+from serving.errors import BadRequest, RequestTimeout, UnprocessableInput
+from serving.results import text_results
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = ("serving", "huggingface")
+WARMUP_LENGTHS = (8, 16, 32, 64, 128, 256, 512)
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-request choices, from JSON `parameters` or the X-Amzn-SageMaker-Custom-Attributes header.
+
+    Keys: `truncate` (true|false: false refuses over-long texts with 422), `schema`
+    (serving|huggingface), `return_all_scores` (huggingface schema: every label per text),
+    `top_k` (huggingface schema: best k labels per text).
+    """
+
+    truncate: bool = True
+    schema: str = "serving"
+    return_all_scores: bool = False
+    top_k: int | None = None
+
+    @classmethod
+    def parse(cls, parameters: Mapping, custom_attributes: str | None) -> RequestOptions:
+        values = {**parse_custom_attributes(custom_attributes), **parameters}
+        truncate = values.get("truncate", values.get("truncation", True))
+        options = cls(
+            truncate=_flag(truncate, "truncate"),
+            schema=str(values.get("schema", "serving")).lower(),
+            return_all_scores=_flag(values.get("return_all_scores", False), "return_all_scores"),
+            top_k=_top_k(values.get("top_k")),
+        )
+        if options.schema not in SCHEMAS:
+            raise BadRequest(f"schema must be one of {SCHEMAS}, got {options.schema!r}")
+        return options
+
+
+def parse_custom_attributes(header: str | None) -> dict[str, str]:
+    """'k1=v1,k2=v2' (or ';'-separated) -> dict; entries without '=' are ignored."""
+    pairs = {}
+    for part in (header or "").replace(";", ",").split(","):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            pairs[key.strip().lower()] = value.strip()
+    return pairs
+
+
+def _flag(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {value!r}")
+
+
+def _top_k(value) -> int | None:
+    if value is None:
+        return None
+    try:
+        top_k = int(value)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"top_k must be a positive integer, got {value!r}") from exc
+    if top_k < 1:
+        raise BadRequest(f"top_k must be a positive integer, got {value!r}")
+    return top_k
+
+
+@dataclass(frozen=True)
+class Classification:
+    results: list[dict]
+    tokenize_s: float
+    queue_s: float
+    compute_s: float
+
+
+def read_thresholds(model_dir: Path | None, labels: Sequence[str]) -> dict[str, float]:
+    """Per-label decision thresholds from thresholds.json in the model folder, if it has one."""
+    path = model_dir / THRESHOLDS_FILE if model_dir else None
+    if path is None or not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    thresholds = raw.get("thresholds", raw)
+    return {label: float(thresholds[label]) for label in labels if label in thresholds}
+
+
+class InferenceService:
+    """A loaded classifier behind a dynamic batcher."""
+
+    def __init__(self, classifier: Classifier, settings: Settings, model_dir: Path | None = None,
+                 on_batch=None) -> None:
+        self.classifier = classifier
+        self.timeout_s = settings.timeout_s
+        self.thresholds = read_thresholds(model_dir, classifier.labels)
+        self.batcher = Batcher(
+            self._run_batch, len(classifier.labels),
+            max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+            max_batch_delay_ms=settings.max_batch_delay_ms, max_queue_texts=settings.max_queue_texts,
+            on_batch=on_batch,
+        ).start()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.classifier.labels)
+
+    @property
+    def alive(self) -> bool:
+        return self.batcher.alive
+
+    def _run_batch(self, batch: list[EncodedText]):
+        from serving.device import predict_splitting_on_oom
+
+        return predict_splitting_on_oom(self.classifier.predict_encoded, batch)
+
+    def warmup(self) -> None:
+        """One real forward per length bucket the server can see, through the batcher, before /ping says ready."""
+        for length in [n for n in WARMUP_LENGTHS if n <= self.classifier.max_length] or [1]:
+            self.classify([" ".join(["warm"] * length)], RequestOptions())
+
+    def classify(self, texts: Sequence[str], options: RequestOptions, deadline: float | None = None) -> Classification:
+        started = time.monotonic()
+        encoded = self.classifier.encode(texts)
+        tokenize_s = time.monotonic() - started
+        truncated = sum(e.truncated for e in encoded)
+        if truncated and not options.truncate:
+            raise UnprocessableInput(
+                f"{truncated} of {len(texts)} texts exceed the model's limit of {self.classifier.max_length} "
+                "tokens and truncation was turned off"
+            )
+        remaining = (deadline or started + self.timeout_s) - time.monotonic()
+        future = self.batcher.submit(encoded, max(remaining, 0.0))
+        try:
+            outcome: BatchedResult = future.result(timeout=max(remaining, 0.0))
+        except FutureTimeout as exc:
+            future.cancel()
+            raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
+        results = text_results(self.classifier.labels, outcome.scores, [e.truncated for e in encoded],
+                               self.thresholds)
+        return Classification(results, tokenize_s, outcome.queue_s, outcome.compute_s)
+
+    def stop(self, timeout_s: float) -> bool:
+        return self.batcher.stop(timeout_s)
+
+
+__all__ = ["BatchStats", "Classification", "InferenceService", "RequestOptions"]
