@@ -46,6 +46,9 @@ def decode(body: bytes, content_type: str | None) -> DecodedRequest:
     request = decoder(text)
     if not request.texts:
         raise BadRequest("no texts in the request")
+    empty = [i for i, t in enumerate(request.texts) if not t.strip()]
+    if empty:
+        raise BadRequest(f"text {empty[0]} is empty ({len(empty)} empty texts in the request)")
     return request
 
 
@@ -79,7 +82,9 @@ def decode_json(text: str) -> DecodedRequest:
     payload = _load_json(text)
     if isinstance(payload, dict):
         if "inputs" in payload:
-            parameters = payload.get("parameters") or {}
+            parameters = payload.get("parameters", {})
+            if parameters is None:
+                parameters = {}
             if not isinstance(parameters, dict):
                 raise BadRequest("`parameters` must be an object")
             texts = _texts_from(payload["inputs"], "inputs")

@@ -1,0 +1,68 @@
+"""Start the real `serve` entrypoint (gunicorn + Flask) on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+SERVE = str(Path(sys.executable).parent / "serve")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+        self.process, self.port, self.log_path = process, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(40)
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, *args: str, env: dict | None = None, ready_timeout_s: float = 90):
+    port = free_port()
+    log_path = tmp_path / f"serve-{port}.log"
+    environment = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "SERVING_HOST": "127.0.0.1", **(env or {})}
+    with log_path.open("w") as log:
+        process = subprocess.Popen([SERVE, *args], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    server = RunningServer(process, port, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"serve exited with {process.returncode}:\n{server.log()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(server.url + "/ping", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"serve not ready after {ready_timeout_s} s:\n{server.log()}")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["roberta", "rnn"])
+def server(request, demo_dir, tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("serve"), "--model-dir", str(demo_dir / request.param)) as s:
+        s.family = request.param
+        yield s

@@ -1,0 +1,155 @@
+"""The real `serve` on a free port, driven over HTTP and through boto3's sagemaker-runtime client."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import numpy as np
+import pytest
+import requests
+from botocore.config import Config
+
+from serving import load_classifier
+from serving.corpus import read_labelled
+from tests.conftest import CORPUS
+from tests.e2e.conftest import running_server
+
+TEXTS, _ = read_labelled(CORPUS, split="test")
+
+
+def invoke(url: str, texts: list[str], session=requests, **headers) -> requests.Response:
+    return session.post(url + "/invocations", json={"inputs": texts}, headers=headers, timeout=60)
+
+
+def scores(response: requests.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array([list(p["scores"].values()) for p in response.json()["predictions"]])
+
+
+def test_served_scores_equal_offline_predict(server, demo_dir):
+    classifier = load_classifier(demo_dir / server.family)
+    sample = TEXTS[:40]
+    np.testing.assert_allclose(scores(invoke(server.url, sample)), classifier.predict(sample), atol=1e-5)
+
+
+def test_boto3_invoke_endpoint_works_unchanged(server):
+    client = boto3.client(
+        "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+        aws_access_key_id="dummy", aws_secret_access_key="dummy", config=Config(retries={"max_attempts": 0}),
+    )
+    response = client.invoke_endpoint(
+        EndpointName="toxicity", ContentType="application/json", Accept="application/json",
+        Body=json.dumps({"inputs": TEXTS[:3]}), CustomAttributes="schema=serving",
+    )
+    assert response["ContentType"] == "application/json"
+    assert response["CustomAttributes"] == "schema=serving"
+    body = json.loads(response["Body"].read())
+    assert len(body["predictions"]) == 3
+    lines = client.invoke_endpoint(EndpointName="toxicity", ContentType="application/jsonlines",
+                                   Accept="text/csv", Body="\n".join(json.dumps(t) for t in TEXTS[:4]))
+    assert len(lines["Body"].read().decode().splitlines()) == 4
+
+
+def test_64_concurrent_mixed_requests_equal_sequential(server):
+    rng = random.Random(7)
+    requests_texts = [rng.sample(TEXTS, rng.randint(1, 12)) for _ in range(64)]
+    sequential = [scores(invoke(server.url, texts)) for texts in requests_texts]
+    local = threading.local()
+
+    def send(texts):
+        local.session = getattr(local, "session", None) or requests.Session()
+        return scores(invoke(server.url, texts, local.session))
+
+    with ThreadPoolExecutor(64) as pool:
+        concurrent = list(pool.map(send, requests_texts))
+    for seq, conc in zip(sequential, concurrent, strict=True):
+        np.testing.assert_allclose(conc, seq, atol=1e-5)
+    page = requests.get(server.url + "/metrics", timeout=5).text
+    batch_count = [line for line in page.splitlines() if line.startswith("toxserve_batch_size_count")]
+    assert batch_count and float(batch_count[0].split()[-1]) > 0
+
+
+def test_ping_metrics_and_bad_request_on_the_real_server(server):
+    assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+    bad = requests.post(server.url + "/invocations", data=b"{", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+    too_big = requests.post(server.url + "/invocations", data=b"x" * (7 * 1024 * 1024),
+                            headers={"Content-Type": "text/plain"})
+    assert too_big.status_code == 413
+    assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+    access = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"request_id"')]
+    assert access and all("text" not in entry for entry in access)
+
+
+def test_overload_returns_429_quickly_and_accepted_requests_succeed(demo_dir, tmp_path):
+    long_texts = [" ".join(TEXTS[:30])] * 40
+    with running_server(tmp_path, "--model-dir", str(demo_dir / "roberta"), "--max-queue-texts", "80",
+                        "--max-batch-size", "4") as server:
+        def send(_):
+            started = time.monotonic()
+            response = invoke(server.url, long_texts)
+            return response, time.monotonic() - started
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(send, range(16)))
+        refused = [(r, s) for r, s in outcomes if r.status_code == 429]
+        accepted = [r for r, _ in outcomes if r.status_code == 200]
+        print(f"{len(accepted)} accepted, {len(refused)} refused with 429")
+        assert refused and accepted and len(refused) + len(accepted) == 16
+        assert all(r.headers["Retry-After"] and r.json()["error"]["code"] == "queue_full" for r, _ in refused)
+        assert max(s for _, s in refused) < 1.0
+        assert all(len(r.json()["predictions"]) == 40 for r in accepted)
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+
+
+def test_sigterm_during_load_loses_no_accepted_request(demo_dir, tmp_path):
+    with running_server(tmp_path, "--model-dir", str(demo_dir / "roberta")) as server:
+        results: list = []
+
+        def send(i):
+            try:
+                response = requests.post(server.url + "/invocations", json={"inputs": TEXTS[i % 50: i % 50 + 20]},
+                                         timeout=60)
+                results.append(("answered", response.status_code, len(response.json()["predictions"])))
+            except requests.ConnectionError as exc:
+                results.append(("refused", str(exc), 0))
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(48)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        code = server.stop()
+        for t in threads:
+            t.join(60)
+        answered = [r for r in results if r[0] == "answered"]
+        print(f"{len(answered)} answered, {len(results) - len(answered)} refused after SIGTERM")
+        assert code == 0, server.log()
+        assert answered and all(status == 200 and n == 20 for _, status, n in answered), results
+        assert all("Connection refused" in r[1] for r in results if r[0] == "refused"), results
+
+
+def test_serve_uses_sagemaker_env_and_refuses_a_broken_folder(tmp_path):
+    import subprocess
+
+    from tests.e2e.conftest import SERVE
+
+    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    result = subprocess.run([SERVE, "--model-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "unknown architecture" in result.stderr
+
+
+@pytest.mark.parametrize("variable", ["SAGEMAKER_MODEL_SERVER_WORKERS", "SERVING_MAX_BATCH_SIZE"])
+def test_invalid_settings_fail_fast(variable, tmp_path):
+    import os
+    import subprocess
+
+    from tests.e2e.conftest import SERVE
+
+    env = {**os.environ, variable: "lots"}
+    result = subprocess.run([SERVE], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0 and variable in result.stderr

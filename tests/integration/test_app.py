@@ -1,0 +1,201 @@
+"""The Flask app with a real demo model behind the real batcher, through `app.test_client()`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from serving import load_classifier
+from serving.app import create_app
+from serving.config import Settings
+from serving.service import InferenceService
+
+TEXTS = ["you are a stupid idiot", "thanks for the great write up", "i will find where you live, \"loser\""]
+
+
+@pytest.fixture(scope="module", params=["roberta", "rnn"])
+def served(request, demo_dir):
+    settings = Settings(max_payload_mb=0.05, max_batch_size=8)
+    classifier = load_classifier(demo_dir / request.param)
+    service = InferenceService(classifier, settings)
+    app = create_app(settings, service=service)
+    yield app.test_client(), classifier
+    service.stop(5)
+
+
+def post(client, body, content_type="application/json", **headers):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post("/invocations", data=data, headers={"Content-Type": content_type, **headers})
+
+
+def scores_of(response) -> np.ndarray:
+    predictions = response.get_json()["predictions"]
+    return np.array([list(p["scores"].values()) for p in predictions])
+
+
+def test_ping_and_execution_parameters(served):
+    client, _ = served
+    assert client.get("/ping").status_code == 200 and client.get("/ping").data == b""
+    assert client.post("/ping").status_code == 200
+    params = client.get("/execution-parameters").get_json()
+    assert params["BatchStrategy"] == "MULTI_RECORD" and params["MaxPayloadInMB"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ({"inputs": TEXTS}, "application/json"),
+        ({"inputs": TEXTS, "parameters": {"truncate": True}}, "application/json"),
+        ({"instances": TEXTS}, "application/json"),
+        ({"instances": [{"text": t} for t in TEXTS]}, "application/json"),
+        (TEXTS, "application/json; charset=utf-8"),
+        ("".join(json.dumps(t) + "\n" for t in TEXTS), "application/jsonlines"),
+        ("".join(json.dumps({"inputs": t}) + "\n" for t in TEXTS), "application/jsonlines"),
+        ('you are a stupid idiot\r\nthanks for the great write up\r\n"i will find where you live, ""loser"""\r\n',
+         "text/csv"),
+    ],
+)
+def test_every_content_type_gives_the_offline_scores(served, body, content_type):
+    client, classifier = served
+    response = post(client, body, content_type)
+    assert response.status_code == 200, response.data
+    np.testing.assert_allclose(scores_of(response), classifier.predict(TEXTS), atol=1e-5)
+
+
+def test_plain_text_and_single_string(served):
+    client, classifier = served
+    expected = classifier.predict([TEXTS[0]])
+    for response in (post(client, TEXTS[0], "text/plain"), post(client, json.dumps(TEXTS[0]))):
+        np.testing.assert_allclose(scores_of(response), expected, atol=1e-5)
+
+
+def test_accept_jsonlines_and_csv(served):
+    client, classifier = served
+    expected = classifier.predict(TEXTS)
+    lines = post(client, TEXTS, Accept="application/jsonlines").data.decode().splitlines()
+    assert len(lines) == 3
+    np.testing.assert_allclose([list(json.loads(x)["scores"].values()) for x in lines], expected, atol=1e-5)
+    response = post(client, TEXTS, Accept="text/csv")
+    assert response.content_type.startswith("text/csv")
+    rows = [line.split(",") for line in response.data.decode().splitlines()]
+    np.testing.assert_allclose([[float(v) for v in row[: len(classifier.labels)]] for row in rows], expected,
+                               atol=1e-5)
+    assert post(client, TEXTS, Accept="text/html, */*;q=0.1").content_type == "application/json"
+
+
+def test_huggingface_schema_matches_the_pipeline_shape(served):
+    client, classifier = served
+    attributes = "schema=huggingface"
+    single = post(client, json.dumps({"inputs": TEXTS[0]}), **{"X-Amzn-SageMaker-Custom-Attributes": attributes})
+    assert single.headers["X-Amzn-SageMaker-Custom-Attributes"] == attributes
+    body = single.get_json()
+    top = int(np.argmax(classifier.predict([TEXTS[0]])[0]))
+    assert body == [{"label": classifier.labels[top], "score": pytest.approx(body[0]["score"])}]
+    ranked = post(client, {"inputs": TEXTS, "parameters": {"schema": "huggingface", "top_k": 2}}).get_json()
+    assert len(ranked) == 3 and all(len(r) == 2 and r[0]["score"] >= r[1]["score"] for r in ranked)
+    every = post(client, {"inputs": TEXTS[0], "parameters": {"schema": "huggingface", "return_all_scores": True}})
+    assert len(every.get_json()) == len(classifier.labels)
+
+
+def test_truncation_is_reported_or_refused(served):
+    client, classifier = served
+    long_text = "blah " * 2000
+    response = post(client, {"inputs": [long_text, "ok"]})
+    assert response.status_code == 200
+    assert response.get_json()["truncated_texts"] == 1 and response.headers["X-Truncated-Texts"] == "1"
+    refused = post(client, {"inputs": [long_text], "parameters": {"truncate": False}})
+    assert refused.status_code == 422 and "truncation" in refused.get_json()["error"]["message"]
+    header = post(client, [long_text], **{"X-Amzn-SageMaker-Custom-Attributes": "truncate=false"})
+    assert header.status_code == 422
+
+
+def test_timing_headers_and_metrics(served):
+    client, _ = served
+    response = post(client, TEXTS)
+    for name in ("X-Queue-Time-Ms", "X-Inference-Time-Ms", "X-Tokenize-Time-Ms", "X-Request-Id"):
+        assert name in response.headers
+    page = client.get("/metrics").data.decode()
+    for metric in ("toxserve_requests_total", "toxserve_stage_seconds_bucket", "toxserve_batch_size_bucket",
+                   "toxserve_batch_padded_tokens_bucket", "toxserve_queue_texts", "toxserve_truncated_texts_total"):
+        assert metric in page
+
+
+BAD_INPUTS = [
+    ("not json", "application/json", {}, 400),
+    ("{", "application/json", {}, 400),
+    ("[]", "application/json", {}, 400),
+    ('""', "application/json", {}, 400),
+    ("[1, 2]", "application/json", {}, 400),
+    ('["ok", null]', "application/json", {}, 400),
+    ('[["nested"]]', "application/json", {}, 400),
+    ("42", "application/json", {}, 400),
+    ("null", "application/json", {}, 400),
+    ('{"foo": "bar"}', "application/json", {}, 400),
+    ('{"inputs": 5}', "application/json", {}, 400),
+    ('{"inputs": []}', "application/json", {}, 400),
+    ('{"inputs": "x", "parameters": []}', "application/json", {}, 400),
+    ('{"inputs": "x", "parameters": {"truncate": "maybe"}}', "application/json", {}, 400),
+    ('{"inputs": "x", "parameters": {"schema": "xml"}}', "application/json", {}, 400),
+    ('{"inputs": "x", "parameters": {"top_k": 0}}', "application/json", {}, 400),
+    ('{"instances": [{"wrong": "key"}]}', "application/json", {}, 400),
+    ('"ok"\n\n"gap"', "application/jsonlines", {}, 400),
+    ('"ok"\n{bad json', "application/jsonlines", {}, 400),
+    ("a,b\nc", "text/csv", {}, 400),
+    ('"unterminated', "text/csv", {}, 400),
+    ("   ", "text/plain", {}, 400),
+    ("", "application/json", {}, 400),
+    (b"\xff\xfe\xfa", "application/json", {}, 422),
+    (b"caf\xe9", "text/plain", {}, 422),
+    ('"x"', "application/xml", {}, 415),
+    ('"x"', "image/png", {}, 415),
+    ('"x"', "application/json", {"Accept": "application/xml"}, 406),
+    ('"x"', "application/json", {"Accept": "text/html"}, 406),
+    ('"x"', "application/json", {"Accept": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "schema=huggingface"},
+     406),
+    ('"' + "x" * 60_000 + '"', "application/json", {}, 413),
+    ("x", "application/json; charset=klingon", {}, 422),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "headers", "status"), BAD_INPUTS)
+def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(served, body, content_type, headers, status):
+    client, _ = served
+    response = post(client, body, content_type, **headers)
+    assert response.status_code == status, response.data
+    error = response.get_json()["error"]
+    assert error["code"] and error["message"]
+    assert client.get("/ping").status_code == 200
+    assert post(client, ["still fine"]).status_code == 200
+
+
+def test_unknown_routes_and_methods_answer_json(served):
+    client, _ = served
+    assert client.get("/nope").get_json()["error"]["code"] == "not_found"
+    assert client.get("/invocations").status_code == 405
+
+
+def test_not_ready_answers_503(demo_dir):
+    app = create_app(Settings())
+    assert app.test_client().get("/ping").status_code == 503
+    response = app.test_client().post("/invocations", json=["hi"])
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "not_ready"
+
+
+def test_failed_load_keeps_ping_at_503_with_the_reason(tmp_path):
+    from serving.errors import ModelLoadError
+
+    def broken():
+        raise ModelLoadError(f"{tmp_path}/config.json is missing")
+
+    app = create_app(Settings(), build_service=broken)
+    state = app.extensions["model_state"]
+    for _ in range(100):
+        if state.error:
+            break
+        import time
+
+        time.sleep(0.01)
+    response = app.test_client().get("/ping")
+    assert response.status_code == 503 and "config.json is missing" in response.get_json()["error"]["message"]

@@ -1,0 +1,178 @@
+"""The batcher: batch selection as a plain function, and the loop driven with a fake model (no sleeps to sync)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from serving.batching import Batcher, select_batch
+from serving.classifier import EncodedText
+from serving.errors import NotReady, QueueFull, RequestTimeout
+
+
+def texts(*lengths: int) -> list[EncodedText]:
+    return [EncodedText(features=float(n), length=n, truncated=False) for n in lengths]
+
+
+def test_select_batch_groups_similar_lengths_around_the_oldest():
+    lengths = [10, 100, 11, 9, 120, 12, 50]
+    picked = select_batch(lengths, max_size=4, max_tokens=10_000)
+    assert 0 in picked and len(picked) == 4
+    assert sorted(lengths[i] for i in picked) == [9, 10, 11, 12]
+
+
+def test_select_batch_respects_the_padded_token_budget():
+    lengths = [10, 10, 10, 10, 40]
+    assert sorted(select_batch(lengths, max_size=8, max_tokens=30)) == [0, 1, 2]
+    assert select_batch([500, 1], max_size=8, max_tokens=100) == [0]  # the oldest always goes, even alone
+
+
+def test_select_batch_never_exceeds_size_or_budget_randomised():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = list(rng.integers(1, 130, size=rng.integers(1, 60)))
+        size, budget = int(rng.integers(1, 33)), int(rng.integers(130, 4000))
+        picked = select_batch(lengths, size, budget)
+        assert 0 in picked and len(set(picked)) == len(picked) <= size
+        assert len(picked) == 1 or max(lengths[i] for i in picked) * len(picked) <= budget
+
+
+class FakeModel:
+    """Scores a text as [its length, batch size]; can be told to fail or to hold a batch until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_on: int | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, batch: list[EncodedText]) -> np.ndarray:
+        self.entered.set()
+        self.gate.wait(10)
+        lengths = [e.length for e in batch]
+        self.batches.append(lengths)
+        if self.fail_on is not None and self.fail_on in lengths:
+            raise RuntimeError("boom")
+        return np.array([[e.features, len(batch)] for e in batch], dtype=np.float32)
+
+
+def make(model: FakeModel, **overrides) -> Batcher:
+    options = dict(max_batch_size=4, max_batch_tokens=1000, max_queue_texts=64)
+    options.update(overrides)
+    return Batcher(model, 2, **options).start()
+
+
+def test_a_request_split_across_batches_comes_back_in_order():
+    model = FakeModel()
+    batcher = make(model)
+    lengths = [5, 90, 6, 80, 7, 70, 8, 60, 9]
+    result = batcher.submit(texts(*lengths), timeout_s=10).result(10)
+    assert result.scores[:, 0].tolist() == lengths
+    assert len(model.batches) >= 3 and all(len(b) <= 4 for b in model.batches)
+    assert batcher.stop()
+
+
+def test_concurrent_requests_share_batches():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=16)
+    first = batcher.submit(texts(3), 10)
+    model.entered.wait(5)  # the loop is now busy with the first request
+    later = [batcher.submit(texts(n), 10) for n in range(10, 20)]
+    model.gate.set()
+    assert first.result(10).scores[0, 0] == 3
+    assert [f.result(10).scores[0, 0] for f in later] == list(range(10, 20))
+    assert max(len(b) for b in model.batches) == 10  # the ten waiting texts went in one batch
+    batcher.stop()
+
+
+def test_a_failing_batch_fails_its_requests_and_the_loop_lives_on():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model)
+    blocker = batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    model.fail_on = 500
+    bad = batcher.submit(texts(500), 10)
+    model.gate.set()
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result(10)
+    assert blocker.result(10).scores.shape == (1, 2)
+    model.fail_on = None
+    assert batcher.submit(texts(2), 10).result(10).scores[0, 0] == 2
+    assert batcher.alive
+    batcher.stop()
+
+
+def test_full_queue_refuses_new_requests_and_keeps_accepted_ones():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_queue_texts=5)
+    running = batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    accepted = batcher.submit(texts(1, 2, 3, 4, 5), 10)
+    with pytest.raises(QueueFull):
+        batcher.submit(texts(6), 10)
+    model.gate.set()
+    assert running.result(10) and accepted.result(10).scores[:, 0].tolist() == [1, 2, 3, 4, 5]
+    batcher.stop()
+
+
+def test_requests_past_their_deadline_are_dropped_before_compute():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model)
+    running = batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    expired = batcher.submit(texts(77), timeout_s=0.0)
+    model.gate.set()
+    with pytest.raises(RequestTimeout):
+        expired.result(10)
+    running.result(10)
+    batcher.stop()
+    assert all(77 not in b for b in model.batches)
+
+
+def test_stop_drains_the_queue_then_refuses():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model)
+    futures = [batcher.submit(texts(n), 10) for n in range(1, 9)]
+    model.entered.wait(5)
+    stopper = threading.Thread(target=batcher.stop)
+    stopper.start()
+    model.gate.set()
+    stopper.join(10)
+    assert [f.result(0).scores[0, 0] for f in futures] == list(range(1, 9))
+    with pytest.raises(NotReady):
+        batcher.submit(texts(1), 10)
+
+
+def test_a_model_returning_the_wrong_row_count_is_an_error_for_its_callers():
+    batcher = Batcher(lambda batch: np.zeros((len(batch) + 1, 2)), 2, max_batch_size=4,
+                      max_batch_tokens=100).start()
+    with pytest.raises(RuntimeError, match="rows for a batch"):
+        batcher.submit(texts(1, 2), 10).result(10)
+    batcher.stop()
+
+
+def test_cuda_out_of_memory_splits_the_batch_instead_of_failing():
+    import torch
+
+    from serving.device import predict_splitting_on_oom
+
+    calls = []
+
+    def predict(batch):
+        calls.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return np.array([[x] for x in batch], dtype=np.float32)
+
+    out = predict_splitting_on_oom(predict, list(range(7)))
+    assert out[:, 0].tolist() == list(range(7)) and max(calls[1:]) <= 2
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        predict_splitting_on_oom(lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError()), [1])
