@@ -14,8 +14,9 @@ from werkzeug.exceptions import HTTPException
 
 from serving import codecs, metrics
 from serving.config import Settings
-from serving.errors import NotAcceptable, NotReady, ServingError
-from serving.service import InferenceService, RequestOptions
+from serving.errors import NotReady, ServingError
+from serving.handlers import Handler
+from serving.service import InferenceService
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
@@ -24,46 +25,50 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
 class ModelState:
-    """Readiness: the service once loaded and warmed up, or the error that stopped it."""
+    """Readiness: the handler once its model is loaded and warmed up, or the error that stopped it."""
 
-    def __init__(self) -> None:
-        self.service: InferenceService | None = None
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.handler = handler
         self.error: str | None = None
 
     @property
-    def ready(self) -> bool:
-        return self.service is not None and self.service.alive
+    def service(self) -> InferenceService | None:
+        model = self.handler.model if self.handler else None
+        return model if isinstance(model, InferenceService) else None
 
-    def load(self, build: Callable[[], InferenceService]) -> None:
+    @property
+    def ready(self) -> bool:
+        return self.handler is not None and (self.service is None or self.service.alive)
+
+    def load(self, build: Callable[[], Handler]) -> None:
         started = time.monotonic()
         try:
-            service = build()
-            service.warmup()
+            handler = build()
+            if isinstance(handler.model, InferenceService):
+                handler.model.warmup()
         except Exception as exc:
             self.error = str(exc)
             log.exception("model failed to load; /ping answers 503")
             return
         metrics.model_load_seconds.set(time.monotonic() - started)
-        self.service = service
+        self.handler = handler
         log.info("model ready in %.1f s", time.monotonic() - started)
 
 
-def create_app(settings: Settings, build_service: Callable[[], InferenceService] | None = None,
-               service: InferenceService | None = None) -> Flask:
-    """The WSGI app; with `build_service` the model loads in the background while /ping answers 503."""
+def create_app(settings: Settings, build_handler: Callable[[], Handler] | None = None,
+               handler: Handler | None = None) -> Flask:
+    """The WSGI app; with `build_handler` the model loads in the background while /ping answers 503."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
-    state = ModelState()
-    state.service = service
+    state = ModelState(handler)
     app.extensions["model_state"] = state
-    if build_service is not None:
-        threading.Thread(target=state.load, args=(build_service,), name="model-loader", daemon=True).start()
+    if build_handler is not None:
+        threading.Thread(target=state.load, args=(build_handler,), name="model-loader", daemon=True).start()
 
     @app.before_request
     def start_timer() -> None:
         g.started = time.monotonic()
         g.request_id = request.headers.get("X-Amzn-RequestId") or uuid.uuid4().hex
-        g.texts = 0
 
     @app.route("/ping", methods=["GET", "POST"])
     def ping():
@@ -88,15 +93,12 @@ def create_app(settings: Settings, build_service: Callable[[], InferenceService]
     @app.route("/endpoints/<name>/invocations", methods=["POST"])
     def invocations(name: str | None = None):
         accept = codecs.choose_accept(request.headers.get("Accept"))
-        decoded = codecs.decode(request.get_data(cache=False), request.headers.get("Content-Type"))
-        g.texts = len(decoded.texts)
-        options = RequestOptions.parse(decoded.parameters, request.headers.get(CUSTOM_ATTRIBUTES))
-        if options.schema == "huggingface" and accept != codecs.JSON:
-            raise NotAcceptable("the huggingface schema answers application/json only")
-        if not state.ready or state.service is None:
+        body = request.get_data(cache=False)
+        if not state.ready or state.handler is None:
             raise NotReady("model is not ready")
-        result = state.service.classify(decoded.texts, options)
-        return render(result, decoded, options, accept, state.service.labels)
+        reply = state.handler.invoke(body, request.headers.get("Content-Type") or codecs.JSON, accept,
+                                     request.headers.get(CUSTOM_ATTRIBUTES))
+        return Response(reply.body, content_type=reply.content_type, headers=reply.headers)
 
     @app.errorhandler(ServingError)
     def serving_error(exc: ServingError):
@@ -129,31 +131,11 @@ def create_app(settings: Settings, build_service: Callable[[], InferenceService]
             metrics.queue_depth.set(state.service.batcher.queued_texts)
         access_log.info(json.dumps({
             "request_id": g.get("request_id"), "method": request.method, "path": request.path,
-            "status": response.status_code, "texts": g.get("texts", 0), "duration_ms": round(elapsed * 1000, 2),
+            "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
         }))
         return response
 
     return app
-
-
-def render(result, decoded: codecs.DecodedRequest, options: RequestOptions, accept: str, labels: list[str]):
-    if options.schema == "huggingface":
-        body = json.dumps(codecs.huggingface_output(
-            result.results, decoded.single, options.top_k, options.return_all_scores)).encode()
-    else:
-        body = codecs.ENCODERS[accept](result.results, labels)
-    truncated = sum(r["truncated"] for r in result.results)
-    metrics.texts.inc(len(result.results))
-    metrics.truncated_texts.inc(truncated)
-    for stage, seconds in (("tokenize", result.tokenize_s), ("queue", result.queue_s),
-                           ("inference", result.compute_s)):
-        metrics.stage_latency.labels(stage).observe(seconds)
-    response = Response(body, content_type=accept)
-    response.headers["X-Tokenize-Time-Ms"] = f"{result.tokenize_s * 1000:.2f}"
-    response.headers["X-Queue-Time-Ms"] = f"{result.queue_s * 1000:.2f}"
-    response.headers["X-Inference-Time-Ms"] = f"{result.compute_s * 1000:.2f}"
-    response.headers["X-Truncated-Texts"] = str(truncated)
-    return response
 
 
 def error_response(status: int, code: str, message: str) -> Response:

@@ -39,6 +39,13 @@ def observe_batch(stats: BatchStats) -> None:
     batch_tokens.observe(stats.padded_tokens)
 
 
+def observe_request(texts_count: int, truncated: int, tokenize_s: float, queue_s: float, compute_s: float) -> None:
+    texts.inc(texts_count)
+    truncated_texts.inc(truncated)
+    for stage, seconds in (("tokenize", tokenize_s), ("queue", queue_s), ("inference", compute_s)):
+        stage_latency.labels(stage).observe(seconds)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text: all workers' values when running under gunicorn, this process's otherwise."""
     if os.environ.get(MULTIPROC_ENV):

@@ -92,6 +92,7 @@ class Server(BaseApplication):
         from serving.app import create_app
         from serving.artifacts import load_classifier
         from serving.device import pick_device, set_torch_threads
+        from serving.handlers import Handler, load_user_module
         from serving.metrics import observe_batch
         from serving.service import InferenceService
 
@@ -100,11 +101,15 @@ class Server(BaseApplication):
         if device == "cpu":
             set_torch_threads(s.torch_threads, self.workers)
 
-        def build() -> InferenceService:
+        def build() -> Handler:
+            user_module = load_user_module(self.model_dir)
+            model_fn = getattr(user_module, "model_fn", None)
+            if model_fn is not None:
+                return Handler(model_fn(str(self.model_dir)), user_module)
             classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None)
-            return InferenceService(classifier, s, self.model_dir, on_batch=observe_batch)
+            return Handler(InferenceService(classifier, s, self.model_dir, on_batch=observe_batch), user_module)
 
-        return create_app(s, build_service=build)
+        return create_app(s, build_handler=build)
 
 
 def child_exit(server, worker) -> None:

@@ -10,6 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving import metrics
 from serving.batching import BatchedResult, Batcher, BatchStats
 from serving.classifier import Classifier, EncodedText
 from serving.config import Settings
@@ -155,6 +156,7 @@ class InferenceService:
             raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
         results = text_results(self.classifier.labels, outcome.scores, [e.truncated for e in encoded],
                                self.thresholds)
+        metrics.observe_request(len(results), truncated, tokenize_s, outcome.queue_s, outcome.compute_s)
         return Classification(results, tokenize_s, outcome.queue_s, outcome.compute_s)
 
     def stop(self, timeout_s: float) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from serving import load_classifier
 from serving.app import create_app
 from serving.config import Settings
+from serving.handlers import Handler
 from serving.service import InferenceService
 
 TEXTS = ["you are a stupid idiot", "thanks for the great write up", "i will find where you live, \"loser\""]
@@ -20,7 +21,7 @@ def served(request, demo_dir):
     settings = Settings(max_payload_mb=0.05, max_batch_size=8)
     classifier = load_classifier(demo_dir / request.param)
     service = InferenceService(classifier, settings)
-    app = create_app(settings, service=service)
+    app = create_app(settings, handler=Handler(service))
     yield app.test_client(), classifier
     service.stop(5)
 
@@ -189,7 +190,7 @@ def test_failed_load_keeps_ping_at_503_with_the_reason(tmp_path):
     def broken():
         raise ModelLoadError(f"{tmp_path}/config.json is missing")
 
-    app = create_app(Settings(), build_service=broken)
+    app = create_app(Settings(), build_handler=broken)
     state = app.extensions["model_state"]
     for _ in range(100):
         if state.error:

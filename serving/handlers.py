@@ -1,0 +1,153 @@
+"""The invocation steps, with the SageMaker toolkits' hooks: model_fn, input_fn, predict_fn, output_fn, transform_fn.
+
+A model folder may carry `code/inference.py` (or the file named by SAGEMAKER_PROGRAM); each
+function it defines replaces that step, the others keep the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sagemaker_inference import parameters as sm
+
+from serving import codecs
+from serving.errors import BadRequest, ModelLoadError, NotAcceptable
+from serving.service import Classification, InferenceService, RequestOptions, parse_custom_attributes
+
+log = logging.getLogger(__name__)
+
+HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")
+DEFAULT_PROGRAM = "inference.py"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the default predict_fn returns and the default output_fn renders."""
+
+    classification: Classification
+    request: codecs.DecodedRequest
+    options: RequestOptions
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+
+
+def default_input_fn(input_data: bytes, content_type: str) -> codecs.DecodedRequest:
+    return codecs.decode(input_data, content_type)
+
+
+def default_predict_fn(data: Any, model: Any) -> Any:
+    """Our service classifies through the batcher; a user model_fn's object is called with the texts."""
+    request = as_request(data)
+    if isinstance(model, InferenceService):
+        options = RequestOptions.parse(request.parameters, None)
+        return Prediction(model.classify(request.texts, options), request, options, model.labels)
+    return model(request.texts)
+
+
+def default_output_fn(prediction: Any, accept: str) -> tuple[bytes, str]:
+    if not isinstance(prediction, Prediction):
+        return json.dumps(prediction, default=_jsonable).encode(), codecs.JSON
+    results, options = prediction.classification.results, prediction.options
+    if options.schema == "huggingface":
+        if accept != codecs.JSON:
+            raise NotAcceptable("the huggingface schema answers application/json only")
+        answer = codecs.huggingface_output(results, prediction.request.single, options.top_k,
+                                           options.return_all_scores)
+        return json.dumps(answer).encode(), codecs.JSON
+    return codecs.ENCODERS[accept](results, prediction.labels), accept
+
+
+def as_request(data: Any) -> codecs.DecodedRequest:
+    """Whatever an input_fn returned, as texts + parameters (a DecodedRequest, str, list or JSON-like dict)."""
+    if isinstance(data, codecs.DecodedRequest):
+        return data
+    if isinstance(data, (str, list, dict)):
+        return codecs.decode(json.dumps(data).encode(), codecs.JSON)
+    raise BadRequest(f"input_fn returned {type(data).__name__}; expected texts")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def load_user_module(model_dir: Path | None, program: str | None = None) -> Any | None:
+    """The module at code/<program> in the model folder, or None when the folder has none."""
+    if model_dir is None:
+        return None
+    program = program or os.environ.get(sm.USER_PROGRAM_ENV) or DEFAULT_PROGRAM
+    path = model_dir / "code" / program
+    if not path.is_file():
+        if program != DEFAULT_PROGRAM:
+            raise ModelLoadError(f"{path}: {sm.USER_PROGRAM_ENV} names a file the model folder does not have")
+        return None
+    sys.path.insert(0, str(path.parent))  # so the user code can import its own helpers
+    spec = importlib.util.spec_from_file_location(f"user_inference_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: failed to import ({type(exc).__name__}: {exc})") from exc
+    found = [name for name in HOOKS if callable(getattr(module, name, None))]
+    log.info("user code %s overrides %s", path, ", ".join(found) or "nothing")
+    return module
+
+
+class Handler:
+    """Runs one invocation: input_fn -> predict_fn -> output_fn (or transform_fn), user hooks first."""
+
+    def __init__(self, model: Any, user_module: Any | None = None) -> None:
+        self.model = model
+        hook: Callable[[str], Any] = lambda name: getattr(user_module, name, None) if user_module else None  # noqa: E731
+        self.input_fn = hook("input_fn") or default_input_fn
+        self.predict_fn = hook("predict_fn") or default_predict_fn
+        self.output_fn = hook("output_fn") or default_output_fn
+        self.transform_fn = hook("transform_fn")
+
+    def invoke(self, body: bytes, content_type: str, accept: str, custom_attributes: str | None) -> Reply:
+        if self.transform_fn is not None:
+            return _reply(self.transform_fn(self.model, body, content_type, accept), accept)
+        data = self.input_fn(body, content_type)
+        if isinstance(data, codecs.DecodedRequest) and custom_attributes:
+            data = dataclasses.replace(
+                data, parameters={**parse_custom_attributes(custom_attributes), **data.parameters})
+        prediction = self.predict_fn(data, self.model)
+        reply = _reply(self.output_fn(prediction, accept), accept)
+        if isinstance(prediction, Prediction):
+            reply.headers.update(timing_headers(prediction.classification))
+        return reply
+
+
+def _reply(output: Any, accept: str) -> Reply:
+    """output_fn may return bytes, str, or (body, content type) as the toolkits allow."""
+    body, content_type = output if isinstance(output, tuple) else (output, accept)
+    if isinstance(body, str):
+        body = body.encode()
+    return Reply(body, content_type, {})
+
+
+def timing_headers(result: Classification) -> dict[str, str]:
+    return {
+        "X-Tokenize-Time-Ms": f"{result.tokenize_s * 1000:.2f}",
+        "X-Queue-Time-Ms": f"{result.queue_s * 1000:.2f}",
+        "X-Inference-Time-Ms": f"{result.compute_s * 1000:.2f}",
+        "X-Truncated-Texts": str(sum(r["truncated"] for r in result.results)),
+    }
