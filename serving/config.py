@@ -31,6 +31,8 @@ class Settings:
     max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
     max_batch_delay_ms: float = field(default=0.0, metadata={"help": "wait for more texts when idle"})
     max_queue_texts: int = field(default=2048, metadata={"help": "queued texts per worker before 429"})
+    batching: str = field(default="dynamic", metadata={"help": "dynamic, or none: one forward per request in "
+                                                                  "its own thread (the per-request baseline)"})
     max_length: int = field(default=0, metadata={"help": "truncate texts to this many tokens, 0 = model limit"})
     graceful_timeout_s: int = field(default=25, metadata={"help": "drain time after SIGTERM"})
     log_level: str = field(default="info", metadata={"help": "logging level"})
@@ -43,6 +45,8 @@ class Settings:
         for name in ("workers", "torch_threads", "max_length", "max_batch_delay_ms", "graceful_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.batching not in ("dynamic", "none"):
+            raise ValueError(f"batching must be dynamic or none, got {self.batching!r}")
         if self.max_payload_mb <= 0:
             raise ValueError(f"max_payload_mb must be positive, got {self.max_payload_mb}")
 

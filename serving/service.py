@@ -112,6 +112,7 @@ class InferenceService:
         self.classifier = classifier
         self.timeout_s = settings.timeout_s
         self.thresholds = read_thresholds(model_dir, classifier.labels)
+        self.batching = settings.batching == "dynamic"
         self.batcher = Batcher(
             self._run_batch, len(classifier.labels),
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
@@ -147,17 +148,24 @@ class InferenceService:
                 f"{truncated} of {len(texts)} texts exceed the model's limit of {self.classifier.max_length} "
                 "tokens and truncation was turned off"
             )
-        remaining = (deadline or started + self.timeout_s) - time.monotonic()
-        future = self.batcher.submit(encoded, max(remaining, 0.0))
-        try:
-            outcome: BatchedResult = future.result(timeout=max(remaining, 0.0))
-        except FutureTimeout as exc:
-            future.cancel()
-            raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
+        if self.batching:
+            outcome = self._batched(encoded, (deadline or started + self.timeout_s) - time.monotonic())
+        else:
+            compute_started = time.monotonic()
+            scores = self._run_batch(list(encoded))
+            outcome = BatchedResult(scores, 0.0, time.monotonic() - compute_started)
         results = text_results(self.classifier.labels, outcome.scores, [e.truncated for e in encoded],
                                self.thresholds)
         metrics.observe_request(len(results), truncated, tokenize_s, outcome.queue_s, outcome.compute_s)
         return Classification(results, tokenize_s, outcome.queue_s, outcome.compute_s)
+
+    def _batched(self, encoded: list[EncodedText], remaining_s: float) -> BatchedResult:
+        future = self.batcher.submit(encoded, max(remaining_s, 0.0))
+        try:
+            return future.result(timeout=max(remaining_s, 0.0))
+        except FutureTimeout as exc:
+            future.cancel()
+            raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
 
     def stop(self, timeout_s: float) -> bool:
         return self.batcher.stop(timeout_s)

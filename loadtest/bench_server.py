@@ -1,0 +1,171 @@
+"""Server benchmark: offline limit vs the batching server vs a per-request baseline, in one run.
+
+For each model (random-weight RoBERTox of roberta-base shape, a tiny one, both with the demo
+tokenizer, and the demo RNN): the offline throughput with no server (length-sorted batches of
+32, and batch 1), then the real `serve` with dynamic batching, then the same server with
+`--batching none` (one forward per request in its thread), each at concurrency 1, 8 and 32
+with one text per request from a log-normal length mix (median 40 words).
+
+    python loadtest/bench_server.py [--models tiny,base,rnn] [--duration 15] [--out bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from loadtest.closed_loop import run_closed_loop  # noqa: E402
+from serving.corpus import read_labelled  # noqa: E402
+
+SHAPES = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def text_mix(count: int, seed: int = 0, median_words: int = 40) -> list[str]:
+    """Texts with a log-normal word count (median 40), words drawn from the demo corpus."""
+    texts, _ = read_labelled(REPO / "model_artifacts" / "data" / "comments.csv")
+    vocabulary = " ".join(texts).split()
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(median_words), 0.8, count), 1, 400).astype(int)
+    return [" ".join(rng.choice(vocabulary, n)) for n in lengths]
+
+
+def random_roberta(shape: str, demo_roberta: Path, out: Path) -> Path:
+    """A random-weight RoBERTox of the given shape with the demo tokenizer (ids stay under its vocab)."""
+    import torch
+    from transformers import RobertaConfig
+
+    from serving.models.roberta import RoBERToxForSequenceClassification
+
+    if (out / "config.json").exists():
+        return out
+    labels = json.loads((demo_roberta / "config.json").read_text())["id2label"]
+    config = RobertaConfig(vocab_size=50265, max_position_embeddings=514, pad_token_id=1, type_vocab_size=1,
+                           id2label={int(k): v for k, v in labels.items()}, architectures=[
+                               "RoBERToxForSequenceClassification"], problem_type="multi_label_classification",
+                           **SHAPES[shape])
+    torch.manual_seed(0)
+    RoBERToxForSequenceClassification(config).save_pretrained(out)
+    shutil.copy(demo_roberta / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+def offline(model_dir: Path, max_length: int, seconds: float) -> dict:
+    """Measured in a child process, so its torch threads and memory are gone before the server starts."""
+    result = subprocess.run([sys.executable, __file__, "--offline", str(model_dir), "--max-length", str(max_length),
+                             "--duration", str(seconds)], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def offline_in_process(model_dir: Path, texts: list[str], max_length: int, seconds: float) -> dict:
+    """The limit: batched (length-sorted, 32) and batch-1 throughput, all cores, no server."""
+    import torch
+
+    from serving.artifacts import load_classifier
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    classifier = load_classifier(model_dir, max_length=max_length)
+    classifier.predict(texts[:64])  # warm-up
+    figures = {}
+    for batch_size in (32, 1):
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            chunk = texts[done % len(texts): done % len(texts) + 256]
+            classifier.predict(chunk, batch_size=batch_size)
+            done += len(chunk)
+        figures[f"batch{batch_size}_seq_per_s"] = round(done / (time.perf_counter() - started), 2)
+    return figures
+
+
+def serve(model_dir: Path, port: int, extra: list[str], log_path: Path) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "serve"), "--model-dir", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(port), *extra]
+    process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
+
+
+def server_figures(model_dir: Path, texts: list[str], extra: list[str], duration: float, work: Path) -> list:
+    port = 18500 + os.getpid() % 1000
+    process = serve(model_dir, port, extra, work / f"serve-{port}.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        run_closed_loop(url, texts, 4, 2.0)  # warm connections and caches
+        rows = []
+        for concurrency in (1, 8, 32):
+            result = run_closed_loop(url, texts, concurrency, duration)
+            rows.append(result.summary())
+            print("   ", rows[-1], flush=True)
+        return rows
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,base,rnn")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+    parser.add_argument("--max-length", type=int, default=128, help="truncation, tokens")
+    parser.add_argument("--server-args", default="", help="extra `serve` flags for the batching server")
+    parser.add_argument("--out", type=Path, default=Path("bench_server.json"))
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "toxserve-bench")
+    parser.add_argument("--offline", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.offline:
+        print(json.dumps(offline_in_process(args.offline, text_mix(2000), args.max_length, args.duration)))
+        return
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    demo = REPO / "model_artifacts" / "demo"
+    texts = text_mix(2000)
+    report = {"conditions": {
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "python": platform.python_version(), "texts": "one per request, log-normal mix, median 40 words",
+        "max_length": args.max_length, "duration_s_per_level": args.duration, "server_args": args.server_args,
+    }, "models": {}}
+    for name in args.models.split(","):
+        model_dir = demo / "rnn" if name == "rnn" else random_roberta(name, demo / "roberta", args.work_dir / name)
+        print(f"== {name}", flush=True)
+        figures = {"offline": offline(model_dir, args.max_length, args.duration)}
+        print("    offline", figures["offline"], flush=True)
+        common = ["--max-length", str(args.max_length)]
+        print("  batching server", flush=True)
+        figures["batching"] = server_figures(model_dir, texts, common + args.server_args.split(), args.duration,
+                                             args.work_dir)
+        print("  per-request baseline", flush=True)
+        figures["per_request"] = server_figures(model_dir, texts, common + ["--batching", "none"], args.duration,
+                                                args.work_dir)
+        report["models"][name] = figures
+        args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
