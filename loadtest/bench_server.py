@@ -119,7 +119,7 @@ def server_figures(model_dir: Path, texts: list[str], extra: list[str], duration
         url = f"http://127.0.0.1:{port}"
         run_closed_loop(url, texts, 4, 2.0)  # warm connections and caches
         rows = []
-        for concurrency in (1, 8, 32):
+        for concurrency in (1, 8, 16, 32):
             result = run_closed_loop(url, texts, concurrency, duration)
             rows.append(result.summary())
             print("   ", rows[-1], flush=True)

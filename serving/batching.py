@@ -67,25 +67,33 @@ class _Item:
         return max(1, self.encoded.length)
 
 
-def select_batch(lengths: Sequence[int], max_size: int, max_tokens: int) -> list[int]:
-    """Indices of a batch around item 0 (the oldest): nearest lengths first, while size and padded tokens fit."""
+def select_batch(lengths: Sequence[int], max_size: int, max_tokens: int, max_padding: float = 1.0) -> list[int]:
+    """Indices of a batch around item 0 (the oldest), adding the nearest lengths first while the count,
+    the padded tokens and the padding share (padded - real) / padded stay within bounds."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     low = high = order.index(0)
-    longest = lengths[0]
+    longest, real = lengths[0], lengths[0]
+
+    def fits(new_longest: int, new_real: int, count: int) -> bool:
+        padded = new_longest * count
+        return padded <= max_tokens and padded - new_real <= max_padding * padded
+
     while high - low + 1 < max_size:
         count = high - low + 2
         right = order[high + 1] if high + 1 < len(order) else None
         left = order[low - 1] if low > 0 else None
-        right_fits = right is not None and max(longest, lengths[right]) * count <= max_tokens
-        left_fits = left is not None and longest * count <= max_tokens
+        right_fits = right is not None and fits(max(longest, lengths[right]), real + lengths[right], count)
+        left_fits = left is not None and fits(longest, real + lengths[left], count)
         prefer_right = right_fits and (
             not left_fits or lengths[right] - lengths[0] <= lengths[0] - lengths[left]  # type: ignore[index]
         )
         if prefer_right:
             high += 1
             longest = max(longest, lengths[right])  # type: ignore[index]
+            real += lengths[right]  # type: ignore[index]
         elif left_fits:
             low -= 1
+            real += lengths[left]  # type: ignore[index]
         else:
             break
     return order[low : high + 1]
@@ -102,6 +110,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_tokens: int,
         max_batch_delay_ms: float = 0.0,
+        max_batch_padding: float = 1.0,
         max_queue_texts: int = 2048,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
@@ -110,6 +119,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
+        self.max_batch_padding = max_batch_padding
         self.max_queue_texts = max_queue_texts
         self.on_batch = on_batch
         self._waiting: list[_Item] = []
@@ -177,7 +187,8 @@ class Batcher:
         self._waiting = [item for item in self._waiting if not item.request.future.done()]
         if not self._waiting:
             return []
-        picked = select_batch([i.cost_length for i in self._waiting], self.max_batch_size, self.max_batch_tokens)
+        picked = select_batch([i.cost_length for i in self._waiting], self.max_batch_size, self.max_batch_tokens,
+                              self.max_batch_padding)
         chosen = set(picked)
         batch = [self._waiting[i] for i in sorted(picked)]
         self._waiting = [item for i, item in enumerate(self._waiting) if i not in chosen]

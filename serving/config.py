@@ -20,8 +20,8 @@ class Settings:
     model_dir: str | None = field(default=None, metadata={"help": "model folder or model.tar.gz"})
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
     port: int = field(default=8080, metadata={"help": "port (SAGEMAKER_BIND_TO_PORT)"})
-    workers: int = field(default=0, metadata={"help": "worker processes, 0 = one per GPU or 1 on CPU "
-                                                      "(SAGEMAKER_MODEL_SERVER_WORKERS)"})
+    workers: int = field(default=0, metadata={"help": "worker processes, 0 = one per GPU, or one per core "
+                                                      "on CPU (SAGEMAKER_MODEL_SERVER_WORKERS)"})
     threads: int = field(default=64, metadata={"help": "request threads per worker"})
     timeout_s: int = field(default=60, metadata={"help": "request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
     max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
@@ -29,6 +29,9 @@ class Settings:
     torch_threads: int = field(default=0, metadata={"help": "intra-op threads per worker, 0 = cores / workers"})
     max_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
     max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
+    max_batch_padding: float = field(default=-1.0, metadata={
+        "help": "largest share of padding tokens in a batch, 0-1; -1 = auto: 0.2 on CPU (a padded token "
+                "costs as much as a real one there), 1 (no limit) on GPU"})
     max_batch_delay_ms: float = field(default=0.0, metadata={"help": "wait for more texts when idle"})
     max_queue_texts: int = field(default=2048, metadata={"help": "queued texts per worker before 429"})
     batching: str = field(default="dynamic", metadata={"help": "dynamic, or none: one forward per request in "
@@ -45,6 +48,8 @@ class Settings:
         for name in ("workers", "torch_threads", "max_length", "max_batch_delay_ms", "graceful_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not (self.max_batch_padding == -1 or 0 <= self.max_batch_padding <= 1):
+            raise ValueError(f"max_batch_padding must be -1 (auto) or within 0-1, got {self.max_batch_padding}")
         if self.batching not in ("dynamic", "none"):
             raise ValueError(f"batching must be dynamic or none, got {self.batching!r}")
         if self.max_payload_mb <= 0:

@@ -104,6 +104,24 @@ def read_thresholds(model_dir: Path | None, labels: Sequence[str]) -> dict[str, 
     return {label: float(thresholds[label]) for label in labels if label in thresholds}
 
 
+def batch_padding(setting: float, device: str, seconds_by_length: dict[int, float] | None = None) -> float:
+    """The padding bound: as set, or auto (-1): 0.2 on CPU when warm-up shows that compute grows with
+    tokens (a padded token then costs a real one), else no bound (1.0), as on GPUs or for models whose
+    forward pass is mostly fixed cost, where bigger batches win."""
+    if setting >= 0:
+        return setting
+    if device != "cpu":
+        return 1.0
+    if not seconds_by_length or len(seconds_by_length) < 2:
+        return 0.2
+    import numpy as np
+
+    lengths = np.array(list(seconds_by_length), dtype=float)
+    per_token, fixed = np.polyfit(lengths, np.array(list(seconds_by_length.values())), 1)
+    token_bound = per_token > 0 and max(fixed, 0.0) < per_token * lengths.max() / 2
+    return 0.2 if token_bound else 1.0
+
+
 class InferenceService:
     """A loaded classifier behind a dynamic batcher."""
 
@@ -113,10 +131,12 @@ class InferenceService:
         self.timeout_s = settings.timeout_s
         self.thresholds = read_thresholds(model_dir, classifier.labels)
         self.batching = settings.batching == "dynamic"
+        self.padding_setting = settings.max_batch_padding
         self.batcher = Batcher(
             self._run_batch, len(classifier.labels),
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_queue_texts=settings.max_queue_texts,
+            max_batch_padding=batch_padding(settings.max_batch_padding, classifier.device),
             on_batch=on_batch,
         ).start()
 
@@ -134,9 +154,17 @@ class InferenceService:
         return predict_splitting_on_oom(self.classifier.predict_encoded, batch)
 
     def warmup(self) -> None:
-        """One real forward per length bucket the server can see, through the batcher, before /ping says ready."""
+        """Real forwards at each length bucket the server can see, through the batcher, before /ping says
+        ready; their timings set the automatic padding bound."""
+        timings = {}
         for length in [n for n in WARMUP_LENGTHS if n <= self.classifier.max_length] or [1]:
-            self.classify([" ".join(["warm"] * length)], RequestOptions())
+            text = " ".join(["warm"] * length)
+            tokens = self.classifier.encode([text])[0].length
+            timings[tokens] = min(self.classify([text], RequestOptions()).compute_s for _ in range(3))
+        padding = batch_padding(self.padding_setting, self.classifier.device, timings)
+        self.batcher.max_batch_padding = padding
+        log.info("warm-up forward ms by tokens %s; padding bound %s",
+                 {n: round(s * 1000, 2) for n, s in timings.items()}, padding)
 
     def classify(self, texts: Sequence[str], options: RequestOptions, deadline: float | None = None) -> Classification:
         started = time.monotonic()

@@ -176,3 +176,13 @@ def test_cuda_out_of_memory_splits_the_batch_instead_of_failing():
     assert out[:, 0].tolist() == list(range(7)) and calls[:3] == [7, 3, 1]
     with pytest.raises(torch.cuda.OutOfMemoryError):
         predict_splitting_on_oom(lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError()), [1])
+
+
+def test_select_batch_bounds_the_padding_share():
+    lengths = [100, 95, 90, 40, 35, 30]
+    loose = select_batch(lengths, max_size=8, max_tokens=10_000, max_padding=1.0)
+    tight = select_batch(lengths, max_size=8, max_tokens=10_000, max_padding=0.1)
+    assert len(loose) == 6
+    assert sorted(lengths[i] for i in tight) == [90, 95, 100]
+    padded = max(lengths[i] for i in tight) * len(tight)
+    assert padded - sum(lengths[i] for i in tight) <= 0.1 * padded

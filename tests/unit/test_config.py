@@ -1,0 +1,42 @@
+"""Settings: SageMaker's variables, ours, flags over both, and validation with the variable named."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.config import Settings
+from serving.service import batch_padding
+
+
+def test_sagemaker_and_serving_variables_are_read():
+    env = {"SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+           "SAGEMAKER_MODEL_SERVER_TIMEOUT": "30", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2",
+           "SERVING_MAX_BATCH_SIZE": "64", "SERVING_MAX_BATCH_DELAY_MS": "2.5", "SERVING_DEVICE": "cpu"}
+    settings = Settings.from_env(env)
+    assert (settings.port, settings.workers, settings.timeout_s) == (9000, 3, 30)
+    assert settings.max_payload_bytes == 2 * 1024 * 1024
+    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.device) == (64, 2.5, "cpu")
+
+
+def test_defaults_and_flags_override_the_environment():
+    assert Settings.from_env({}).port == 8080 and Settings.from_env({}).timeout_s == 60
+    assert Settings.from_env({}).max_payload_mb == 6
+    assert Settings.from_env({"SERVING_MAX_BATCH_SIZE": "64"}, max_batch_size=8, port=None).max_batch_size == 8
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"SERVING_MAX_BATCH_SIZE": "0"}, "max_batch_size"), ({"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND"),
+     ({"SERVING_MAX_BATCH_PADDING": "2"}, "max_batch_padding"), ({"SERVING_BATCHING": "maybe"}, "batching"),
+     ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "-1"}, "max_payload_mb")],
+)
+def test_bad_values_name_the_setting(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_auto_padding_bound_is_tight_on_cpu_only():
+    assert batch_padding(-1, "cpu") == 0.2 and batch_padding(-1, "cuda") == 1.0 and batch_padding(0.5, "cpu") == 0.5
+    token_bound = {10: 0.011, 100: 0.101}  # 1 ms fixed, 1 ms per 10 tokens
+    fixed_cost = {10: 0.0101, 100: 0.011}  # 10 ms fixed, little per token
+    assert batch_padding(-1, "cpu", token_bound) == 0.2 and batch_padding(-1, "cpu", fixed_cost) == 1.0
