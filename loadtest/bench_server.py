@@ -129,6 +129,25 @@ def server_figures(model_dir: Path, texts: list[str], extra: list[str], duration
         process.wait(60)
 
 
+def markdown(report: dict) -> str:
+    """Tables for BENCHMARKS.md: each server row with its share of the offline batched limit."""
+    lines = []
+    for name, figures in report["models"].items():
+        limit, single = figures["offline"]["batch32_seq_per_s"], figures["offline"]["batch1_seq_per_s"]
+        lines += [f"### {name}", "",
+                  f"Offline limit (no server): {limit} seq/s at batch 32 (length-sorted), {single} seq/s at batch 1 "
+                  f"({1000 / single:.2f} ms per text).", "",
+                  "| server | concurrency | req/s | share of limit | p50 ms | p99 ms | errors | generator CPU ms/req |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for mode in ("batching", "per_request"):
+            for row in figures[mode]:
+                lines.append(f"| {mode.replace('_', '-')} | {row['concurrency']} | {row['req_per_s']} | "
+                             f"{row['req_per_s'] / limit:.0%} | {row['p50_ms']} | {row['p99_ms']} | {row['errors']} | "
+                             f"{row['client_cpu_ms_per_req']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,base,rnn")
@@ -138,7 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_server.json"))
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "toxserve-bench")
     parser.add_argument("--offline", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", type=Path, help="print the tables for a saved report and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     if args.offline:
         print(json.dumps(offline_in_process(args.offline, text_mix(2000), args.max_length, args.duration)))
         return

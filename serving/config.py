@@ -22,7 +22,7 @@ class Settings:
     port: int = field(default=8080, metadata={"help": "port (SAGEMAKER_BIND_TO_PORT)"})
     workers: int = field(default=0, metadata={"help": "worker processes, 0 = one per GPU, or one per core "
                                                       "on CPU (SAGEMAKER_MODEL_SERVER_WORKERS)"})
-    threads: int = field(default=64, metadata={"help": "request threads per worker"})
+    threads: int = field(default=128, metadata={"help": "request threads per worker (in-flight requests)"})
     timeout_s: int = field(default=60, metadata={"help": "request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
     max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})

@@ -153,3 +153,49 @@ def test_invalid_settings_fail_fast(variable, tmp_path):
     env = {**os.environ, variable: "lots"}
     result = subprocess.run([SERVE], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode != 0 and variable in result.stderr
+
+
+CONTENT_TYPES = [
+    ("application/json", lambda texts: json.dumps({"inputs": texts})),
+    ("application/json", lambda texts: json.dumps({"instances": texts})),
+    ("application/jsonlines", lambda texts: "\n".join(json.dumps(t) for t in texts)),
+    ("text/csv", lambda texts: "".join('"' + t.replace('"', '""') + '"\r\n' for t in texts)),
+]
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/jsonlines", "text/csv"])
+@pytest.mark.parametrize(("content_type", "encode"), CONTENT_TYPES)
+def test_every_content_type_and_accept_over_http(server, demo_dir, content_type, encode, accept):
+    from click.testing import CliRunner
+
+    from serving.cli import main
+
+    sample = ["you are a \"stupid\" idiot, honestly", "great write up, thanks", TEXTS[5]]
+    response = requests.post(server.url + "/invocations", data=encode(sample).encode(),
+                             headers={"Content-Type": content_type, "Accept": accept}, timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith(accept)
+    offline = CliRunner().invoke(main, ["predict", "--model-dir", str(demo_dir / server.family)],
+                                 input="\n".join(sample) + "\n")
+    expected = [list(json.loads(line)["scores"].values()) for line in offline.stdout.splitlines()]
+    if accept == "application/json":
+        got = [list(p["scores"].values()) for p in response.json()["predictions"]]
+    elif accept == "application/jsonlines":
+        got = [list(json.loads(line)["scores"].values()) for line in response.text.splitlines()]
+    else:
+        got = [[float(v) for v in row.split(",")[: len(expected[0])]] for row in response.text.splitlines()]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_bad_input_table_against_the_real_server(server):
+    from tests.integration.test_app import BAD_INPUTS
+
+    for body, content_type, headers, status in BAD_INPUTS:
+        if status == 413:
+            body = "x" * (7 * 1024 * 1024)
+        data = body if isinstance(body, bytes) else body.encode()
+        response = requests.post(server.url + "/invocations", data=data,
+                                 headers={"Content-Type": content_type, **headers}, timeout=30)
+        assert response.status_code == status, (body[:40], response.text)
+        assert response.json()["error"]["message"]
+    assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+    assert invoke(server.url, ["still serving"]).status_code == 200

@@ -200,3 +200,13 @@ def test_failed_load_keeps_ping_at_503_with_the_reason(tmp_path):
         time.sleep(0.01)
     response = app.test_client().get("/ping")
     assert response.status_code == 503 and "config.json is missing" in response.get_json()["error"]["message"]
+
+
+def test_ping_reports_a_dead_inference_loop(demo_dir):
+    settings = Settings()
+    service = InferenceService(load_classifier(demo_dir / "rnn"), settings)
+    client = create_app(settings, handler=Handler(service)).test_client()
+    assert client.get("/ping").status_code == 200
+    service.stop(5)
+    assert client.get("/ping").status_code == 503
+    assert client.post("/invocations", json=["hi"]).status_code == 503
