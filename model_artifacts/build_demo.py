@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--force", action="store_true", help="rebuild even if the demo models exist")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX variants (onnx/ in each folder)")
     args = parser.parse_args(argv)
     if (args.out / "metrics.json").exists() and not args.force:
         print(f"demo models already built in {args.out} (use --force to rebuild)")
@@ -175,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.out / family
         shutil.rmtree(folder, ignore_errors=True)
         train(texts, y, folder)
+        if not args.no_onnx:
+            from serving.export import export
+
+            export(folder, ["fp32", "int8", "fp16"] if family == "roberta" else ["fp32", "int8"],
+                   read_labelled(CORPUS, split="test")[0])
         make_tarball(folder, args.out / f"{family}.model.tar.gz")
         metrics[family] = held_out_metrics(folder)
         seconds = time.perf_counter() - started

@@ -93,12 +93,18 @@ def detect_family(model_dir: Path) -> str:
 
 
 def load_classifier(
-    path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None
+    path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
+    backend: str = "torch", variant: str = "fp32", threads: int = 1,
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make."""
     model_dir = resolve_model_dir(path)
     family = detect_family(model_dir)
-    log.info("loading %s model from %s on %s", family, model_dir, device)
+    log.info("loading %s model from %s on %s with %s", family, model_dir, device, backend)
+    if backend == "onnx":
+        from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier
+
+        runtime = OnnxRNNClassifier if family == "rnn" else OnnxRobertaClassifier
+        return runtime(model_dir, device=device, max_length=max_length, variant=variant, threads=threads)
     if family == "rnn":
         from serving.models.rnn import RNNClassifier
 

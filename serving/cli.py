@@ -26,7 +26,10 @@ def main() -> None:
               help="output format [default: from --output's suffix, else jsonl]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-def predict(model_dir, input_path, output_path, output_format, batch_size, device) -> None:
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="ONNX variant, with --backend onnx")
+def predict(model_dir, input_path, output_path, output_format, batch_size, device, backend, variant) -> None:
     """Score texts offline with the same inference code the server uses."""
     from tqdm import tqdm
 
@@ -37,7 +40,10 @@ def predict(model_dir, input_path, output_path, output_format, batch_size, devic
 
     records = read_records(sys.stdin) if input_path == "-" else read_records(Path(input_path))
     texts = [text_of(r) for r in records]
-    classifier = load_classifier(model_dir, device=pick_device(device))
+    import torch
+
+    classifier = load_classifier(model_dir, device=pick_device(device), backend=backend, variant=variant,
+                                 threads=torch.get_num_threads())
     encoded = classifier.encode(texts)
     progress = None if input_path == "-" else (lambda it: tqdm(it, desc="batches", unit="batch", file=sys.stderr))
     scores = classifier.predict_batches(encoded, batch_size, progress)
@@ -45,6 +51,36 @@ def predict(model_dir, input_path, output_path, output_format, batch_size, devic
     output_format = output_format or ("csv" if output_path.endswith(".csv") else "jsonl")
     with click.open_file(output_path, "w") as out:
         write_results(out, results, classifier.labels, output_format)
+
+
+@main.command("export")
+@click.option("--model-dir", envvar="SERVING_MODEL_DIR", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--variants", default="fp32,int8", show_default=True, help="comma-separated: fp32, int8, fp16")
+@click.option("--texts", "texts_path", type=click.Path(exists=True, dir_okay=False),
+              help="texts for the parity check [default: the demo corpus's held-out split]")
+@click.option("--force", is_flag=True, help="write variants that miss the parity tolerance too")
+def export_command(model_dir, variants, texts_path, force) -> None:
+    """Export a model folder to ONNX (onnx/model.<variant>.onnx), checking each variant against torch."""
+    from serving.corpus import read_records, text_of
+    from serving.export import TOLERANCES, export
+
+    chosen = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = set(chosen) - set(TOLERANCES)
+    if unknown:
+        raise click.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
+    texts = [text_of(r) for r in read_records(Path(texts_path))] if texts_path else default_parity_texts()
+    results = export(Path(model_dir), chosen, texts, force=force, log=lambda m: click.echo(m, err=True))
+    if not all(r.passed for r in results) and not force:
+        raise click.ClickException("some variants missed the parity tolerance and were not written")
+
+
+def default_parity_texts() -> list[str]:
+    from serving.corpus import read_labelled
+
+    corpus = Path(__file__).resolve().parent.parent / "model_artifacts" / "data" / "comments.csv"
+    if corpus.exists():
+        return read_labelled(corpus, split="test")[0]
+    return ["you are an idiot", "thanks for the great write up", "i will find where you live", "nice photo"]
 
 
 def write_results(out, results: list[dict], labels, output_format: str) -> None:

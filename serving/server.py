@@ -100,15 +100,15 @@ class Server(BaseApplication):
 
         s = self.settings
         device = pick_device(s.device)
-        if device == "cpu":
-            set_torch_threads(s.torch_threads, self.workers)
+        threads = set_torch_threads(s.torch_threads, self.workers) if device == "cpu" else 1
 
         def build() -> Handler:
             user_module = load_user_module(self.model_dir)
             model_fn = getattr(user_module, "model_fn", None)
             if model_fn is not None:
                 return Handler(model_fn(str(self.model_dir)), user_module)
-            classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None)
+            classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None,
+                                         backend=s.backend, variant=s.onnx_variant, threads=threads)
             return Handler(InferenceService(classifier, s, self.model_dir, on_batch=observe_batch), user_module)
 
         return create_app(s, build_handler=build)

@@ -95,7 +95,9 @@ class SubwordLSTMClassifier(nn.Module):
         return self.head(outputs.gather(1, last).squeeze(1))
 
 
-class RNNClassifier(Classifier):
+class RNNText(Classifier):
+    """The text side of an LSTM folder: config, labels, word splitting and the fastText vectors."""
+
     family = "rnn"
     problem_type = "multi_label"
 
@@ -111,10 +113,6 @@ class RNNClassifier(Classifier):
                 f"{model_dir / self.config.embeddings_file}: vectors have dimension {self.vectors.dim}, "
                 f"config.json says embed_size {self.config.embed_size}"
             )
-        self.model = SubwordLSTMClassifier(self.config, self.vectors.matrix.shape[0])
-        assign_weights(self.model, load_state_dict(model_dir, ("model.safetensors",)), model_dir)
-        self.model.table.copy_(torch.from_numpy(self.vectors.matrix))
-        self.model.to(device).eval()
 
     def split_words(self, text: str) -> list[str]:
         return self.words.findall(text.lower() if self.config.lowercase else text)
@@ -126,6 +124,28 @@ class RNNClassifier(Classifier):
             rows = [self.vectors.rows_of(w) for w in words[: self.max_length]]
             encoded.append(EncodedText(rows, len(rows), len(words) > self.max_length))
         return encoded
+
+    def embed_numpy(self, batch: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (batch, longest, dim) and lengths, in numpy: one gather and one segment mean."""
+        width = max(1, max(item.length for item in batch))
+        embeddings = np.zeros((len(batch), width, self.vectors.dim), dtype=np.float32)
+        slots = [(b, w, rows) for b, item in enumerate(batch) for w, rows in enumerate(item.features) if rows]
+        if slots:
+            flat = np.fromiter((r for _, _, rows in slots for r in rows), dtype=np.int64)
+            counts = np.array([len(rows) for _, _, rows in slots])
+            sums = np.add.reduceat(self.vectors.matrix[flat], np.r_[0, np.cumsum(counts)[:-1]], axis=0)
+            index = np.array([(b, w) for b, w, _ in slots])
+            embeddings[index[:, 0], index[:, 1]] = sums / counts[:, None]
+        return embeddings, np.array([item.length for item in batch], dtype=np.int64)
+
+
+class RNNClassifier(RNNText):
+    def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None) -> None:
+        super().__init__(model_dir, device, max_length)
+        self.model = SubwordLSTMClassifier(self.config, self.vectors.matrix.shape[0])
+        assign_weights(self.model, load_state_dict(model_dir, ("model.safetensors",)), model_dir)
+        self.model.table.copy_(torch.from_numpy(self.vectors.matrix))
+        self.model.to(device).eval()
 
     def batch_tensors(self, batch: Sequence[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (batch, longest text, dim) and lengths; padding slots are empty bags."""

@@ -110,8 +110,8 @@ def problem_type_of(config: RobertaConfig) -> str:
     return "multi_class"
 
 
-class RobertaClassifier(Classifier):
-    """Serves a RoBERTox or plain RobertaForSequenceClassification folder (no remote code, ever)."""
+class RobertaText(Classifier):
+    """The text side of a RoBERTa folder: config, labels, BPE tokenizer and padding; any runtime scores it."""
 
     family = "roberta"
 
@@ -125,11 +125,6 @@ class RobertaClassifier(Classifier):
         position_limit = self.config.max_position_embeddings - self.pad_id - 1
         self.max_length = min(max_length or position_limit, position_limit)
         self.tokenizer = _read_tokenizer(model_dir, self.max_length)
-        self.model = RoBERToxForSequenceClassification(self.config)
-        state = load_state_dict(model_dir)
-        state = {k: v for k, v in state.items() if not k.endswith("position_ids") and ".pooler." not in k}
-        assign_weights(self.model, state, model_dir)
-        self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
@@ -138,13 +133,30 @@ class RobertaClassifier(Classifier):
             for e in encodings
         ]
 
-    def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
+    def pad(self, batch: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids and attention_mask, (batch, longest) int64."""
         width = max(item.length for item in batch)
         input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, item in enumerate(batch):
             input_ids[row, : item.length] = item.features
             attention_mask[row, : item.length] = 1
+        return input_ids, attention_mask
+
+
+class RobertaClassifier(RobertaText):
+    """Serves a RoBERTox or plain RobertaForSequenceClassification folder with torch (no remote code, ever)."""
+
+    def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None) -> None:
+        super().__init__(model_dir, device, max_length)
+        self.model = RoBERToxForSequenceClassification(self.config)
+        state = load_state_dict(model_dir)
+        state = {k: v for k, v in state.items() if not k.endswith("position_ids") and ".pooler." not in k}
+        assign_weights(self.model, state, model_dir)
+        self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
+
+    def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
+        input_ids, attention_mask = self.pad(batch)
         with torch.inference_mode():
             logits = self.model(
                 input_ids=torch.from_numpy(input_ids).to(self.device),

@@ -199,3 +199,12 @@ def test_the_bad_input_table_against_the_real_server(server):
         assert response.json()["error"]["message"]
     assert requests.get(server.url + "/ping", timeout=5).status_code == 200
     assert invoke(server.url, ["still serving"]).status_code == 200
+
+
+def test_serve_with_the_onnx_int8_backend(demo_dir, tmp_path):
+    classifier = load_classifier(demo_dir / "rnn", backend="onnx", variant="int8")
+    with running_server(tmp_path, "--model-dir", str(demo_dir / "rnn.model.tar.gz"), "--backend", "onnx",
+                        "--onnx-variant", "int8") as server:
+        sample = TEXTS[:20]
+        np.testing.assert_allclose(scores(invoke(server.url, sample)), classifier.predict(sample), atol=5e-3)
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200

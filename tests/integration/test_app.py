@@ -16,14 +16,22 @@ from serving.service import InferenceService
 TEXTS = ["you are a stupid idiot", "thanks for the great write up", "i will find where you live, \"loser\""]
 
 
-@pytest.fixture(scope="module", params=["roberta", "rnn"])
+@pytest.fixture(scope="module", params=["roberta", "rnn", "roberta-onnx-fp32", "rnn-onnx-int8", "roberta-onnx-int8"])
 def served(request, demo_dir):
+    """The same HTTP behaviour whatever runs the model: torch, or each ONNX variant."""
+    family, _, variant = request.param.partition("-onnx-")
     settings = Settings(max_payload_mb=0.05, max_batch_size=8)
-    classifier = load_classifier(demo_dir / request.param)
+    backend = "onnx" if variant else "torch"
+    classifier = load_classifier(demo_dir / family, backend=backend, variant=variant or "fp32")
     service = InferenceService(classifier, settings)
     app = create_app(settings, handler=Handler(service))
     yield app.test_client(), classifier
     service.stop(5)
+
+
+def tolerance(classifier) -> float:
+    """int8 dynamic quantisation scales activations per batch, so its scores move slightly with batch company."""
+    return 5e-3 if getattr(classifier, "variant", None) == "int8" else 1e-5
 
 
 def post(client, body, content_type="application/json", **headers):
@@ -62,14 +70,14 @@ def test_every_content_type_gives_the_offline_scores(served, body, content_type)
     client, classifier = served
     response = post(client, body, content_type)
     assert response.status_code == 200, response.data
-    np.testing.assert_allclose(scores_of(response), classifier.predict(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(scores_of(response), classifier.predict(TEXTS), atol=tolerance(classifier))
 
 
 def test_plain_text_and_single_string(served):
     client, classifier = served
     expected = classifier.predict([TEXTS[0]])
     for response in (post(client, TEXTS[0], "text/plain"), post(client, json.dumps(TEXTS[0]))):
-        np.testing.assert_allclose(scores_of(response), expected, atol=1e-5)
+        np.testing.assert_allclose(scores_of(response), expected, atol=tolerance(classifier))
 
 
 def test_accept_jsonlines_and_csv(served):
@@ -77,12 +85,13 @@ def test_accept_jsonlines_and_csv(served):
     expected = classifier.predict(TEXTS)
     lines = post(client, TEXTS, Accept="application/jsonlines").data.decode().splitlines()
     assert len(lines) == 3
-    np.testing.assert_allclose([list(json.loads(x)["scores"].values()) for x in lines], expected, atol=1e-5)
+    got = [list(json.loads(x)["scores"].values()) for x in lines]
+    np.testing.assert_allclose(got, expected, atol=tolerance(classifier))
     response = post(client, TEXTS, Accept="text/csv")
     assert response.content_type.startswith("text/csv")
     rows = [line.split(",") for line in response.data.decode().splitlines()]
     np.testing.assert_allclose([[float(v) for v in row[: len(classifier.labels)]] for row in rows], expected,
-                               atol=1e-5)
+                               atol=tolerance(classifier))
     assert post(client, TEXTS, Accept="text/html, */*;q=0.1").content_type == "application/json"
 
 

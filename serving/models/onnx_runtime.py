@@ -1,0 +1,70 @@
+"""ONNX Runtime classifiers: the same text side as the torch ones, scored by an exported graph in onnx/."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from serving.classifier import EncodedText, Scores, logits_to_scores
+from serving.errors import ModelLoadError
+from serving.models.rnn import RNNText
+from serving.models.roberta import RobertaText
+
+ONNX_DIR = "onnx"
+VARIANTS = ("fp32", "fp16", "int8")
+
+
+def onnx_path(model_dir: Path, variant: str) -> Path:
+    return model_dir / ONNX_DIR / f"model.{variant}.onnx"
+
+
+def open_session(path: Path, device: str, threads: int):
+    """An InferenceSession on CUDA (TensorRT first when installed) or the CPU with `threads` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelLoadError("backend onnx needs onnxruntime (CPU) or onnxruntime-gpu installed") from exc
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: ONNX variant missing; run `toxserve export --model-dir {path.parent.parent}`")
+    available = ort.get_available_providers()
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise ModelLoadError(f"device {device} asked for, but onnxruntime has no CUDA provider ({available})")
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [p for p in wanted if p in available]
+    else:
+        providers = ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+
+
+class OnnxRobertaClassifier(RobertaText):
+    def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
+                 variant: str = "fp32", threads: int = 1, graph: Path | None = None) -> None:
+        super().__init__(model_dir, device, max_length)
+        self.variant = variant
+        self.session = open_session(graph or onnx_path(model_dir, variant), device, threads)
+
+    def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
+        input_ids, attention_mask = self.pad(batch)
+        (logits,) = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return logits_to_scores(logits, self.problem_type)
+
+
+class OnnxRNNClassifier(RNNText):
+    def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
+                 variant: str = "fp32", threads: int = 1, graph: Path | None = None) -> None:
+        super().__init__(model_dir, device, max_length)
+        self.variant = variant
+        self.session = open_session(graph or onnx_path(model_dir, variant), device, threads)
+
+    def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
+        embeddings, lengths = self.embed_numpy(batch)
+        (logits,) = self.session.run(["logits"], {"embeddings": embeddings, "lengths": lengths})
+        return logits_to_scores(logits, self.problem_type)

@@ -1,0 +1,78 @@
+"""ONNX export of both demo models: parity with torch, int8 quality on the held-out split, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from serving import ModelLoadError, load_classifier
+from serving.cli import main
+from serving.corpus import read_labelled
+from serving.evaluation import roc_auc
+from tests.conftest import CORPUS
+
+TEXTS, Y = read_labelled(CORPUS, split="test")
+
+
+@pytest.fixture(scope="module", params=["roberta", "rnn"])
+def exported(request, demo_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx") / request.param
+    shutil.copytree(demo_dir / request.param, folder, ignore=shutil.ignore_patterns("onnx"))
+    result = CliRunner().invoke(main, ["export", "--model-dir", str(folder), "--variants", "fp32,int8,fp16"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_export_writes_each_variant_and_a_parity_report(exported):
+    report = json.loads((exported / "onnx" / "export.json").read_text())
+    assert set(report) == {"fp32", "int8", "fp16"} and all(r["passed"] for r in report.values())
+    for variant in ("fp32", "int8", "fp16"):
+        assert (exported / "onnx" / f"model.{variant}.onnx").stat().st_size > 0
+
+
+def test_fp32_equals_torch_within_1e4(exported):
+    torch_scores = load_classifier(exported).predict(TEXTS)
+    onnx_scores = load_classifier(exported, backend="onnx", variant="fp32").predict(TEXTS)
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-4)
+
+
+def test_int8_keeps_decisions_and_auc(exported):
+    fp32 = load_classifier(exported, backend="onnx", variant="fp32").predict(TEXTS)
+    int8 = load_classifier(exported, backend="onnx", variant="int8").predict(TEXTS)
+    agree = ((fp32 >= 0.5) == (int8 >= 0.5)).mean()
+    auc_fp32, auc_int8 = roc_auc(Y[:, 0] >= 0.5, fp32[:, 0]), roc_auc(Y[:, 0] >= 0.5, int8[:, 0])
+    print(f"{exported.name}: int8 decisions agree {agree:.2%}, toxicity AUC fp32 {auc_fp32:.4f} int8 {auc_int8:.4f}")
+    assert agree >= 0.99 and abs(auc_fp32 - auc_int8) <= 0.01
+
+
+def test_a_variant_missing_its_tolerance_is_not_written_unless_forced(exported, monkeypatch, tmp_path):
+    from serving import export as export_module
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder, ignore=shutil.ignore_patterns("onnx"))
+    monkeypatch.setitem(export_module.TOLERANCES, "int8", (1e-9, 1.0))
+    refused = CliRunner().invoke(main, ["export", "--model-dir", str(folder), "--variants", "fp32,int8"])
+    assert refused.exit_code != 0 and "int8: max |score diff|" in refused.output and "not written" in refused.output
+    assert (folder / "onnx" / "model.fp32.onnx").exists() and not (folder / "onnx" / "model.int8.onnx").exists()
+    forced = CliRunner().invoke(main, ["export", "--model-dir", str(folder), "--variants", "int8", "--force"])
+    assert forced.exit_code == 0 and (folder / "onnx" / "model.int8.onnx").exists()
+
+
+def test_missing_variant_or_folder_is_a_clear_error(exported, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder, ignore=shutil.ignore_patterns("onnx"))
+    with pytest.raises(ModelLoadError, match=r"model\.int8\.onnx: ONNX variant missing; run `toxserve export"):
+        load_classifier(folder, backend="onnx", variant="int8")
+    with pytest.raises(ModelLoadError, match="no CUDA provider"):
+        load_classifier(exported, backend="onnx", device="cuda")
+
+
+def test_predict_command_with_the_onnx_backend(exported):
+    result = CliRunner().invoke(main, ["predict", "--model-dir", str(exported), "--backend", "onnx", "--variant",
+                                       "int8"], input="you are an idiot\nlovely day\n")
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 2
