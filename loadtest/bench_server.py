@@ -67,21 +67,24 @@ def random_roberta(shape: str, demo_roberta: Path, out: Path) -> Path:
     return out
 
 
-def offline(model_dir: Path, max_length: int, seconds: float) -> dict:
+def offline(model_dir: Path, max_length: int, seconds: float, backend: str = "torch", variant: str = "fp32") -> dict:
     """Measured in a child process, so its torch threads and memory are gone before the server starts."""
     result = subprocess.run([sys.executable, __file__, "--offline", str(model_dir), "--max-length", str(max_length),
-                             "--duration", str(seconds)], capture_output=True, text=True, check=True)
+                             "--duration", str(seconds), "--backend", backend, "--variant", variant],
+                            capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def offline_in_process(model_dir: Path, texts: list[str], max_length: int, seconds: float) -> dict:
+def offline_in_process(model_dir: Path, texts: list[str], max_length: int, seconds: float, backend: str = "torch",
+                       variant: str = "fp32") -> dict:
     """The limit: batched (length-sorted, 32) and batch-1 throughput, all cores, no server."""
     import torch
 
     from serving.artifacts import load_classifier
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    classifier = load_classifier(model_dir, max_length=max_length)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    classifier = load_classifier(model_dir, max_length=max_length, backend=backend, variant=variant, threads=cores)
     classifier.predict(texts[:64])  # warm-up
     figures = {}
     for batch_size in (32, 1):
@@ -157,13 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_server.json"))
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "toxserve-bench")
     parser.add_argument("--offline", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--markdown", type=Path, help="print the tables for a saved report and exit")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return
     if args.offline:
-        print(json.dumps(offline_in_process(args.offline, text_mix(2000), args.max_length, args.duration)))
+        print(json.dumps(offline_in_process(args.offline, text_mix(2000), args.max_length, args.duration,
+                                            args.backend, args.variant)))
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
     demo = REPO / "model_artifacts" / "demo"

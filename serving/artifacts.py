@@ -94,7 +94,7 @@ def detect_family(model_dir: Path) -> str:
 
 def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
-    backend: str = "torch", variant: str = "fp32", threads: int = 1,
+    backend: str = "torch", variant: str = "fp32", threads: int = 1, dtype: str = "fp32",
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make."""
     model_dir = resolve_model_dir(path)
@@ -111,4 +111,4 @@ def load_classifier(
         return RNNClassifier(model_dir, device=device, max_length=max_length)
     from serving.models.roberta import RobertaClassifier
 
-    return RobertaClassifier(model_dir, device=device, max_length=max_length)
+    return RobertaClassifier(model_dir, device=device, max_length=max_length, dtype=dtype)

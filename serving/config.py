@@ -27,6 +27,7 @@ class Settings:
     max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     backend: str = field(default="torch", metadata={"help": "torch, or onnx (ONNX Runtime over onnx/ in the folder)"})
+    torch_dtype: str = field(default="fp32", metadata={"help": "fp32, fp16 or bf16 weights, with backend torch"})
     onnx_variant: str = field(default="fp32", metadata={"help": "fp32, fp16 (GPU) or int8 (CPU), with backend onnx"})
     torch_threads: int = field(default=0, metadata={"help": "intra-op threads per worker, 0 = cores / workers"})
     max_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
@@ -54,6 +55,8 @@ class Settings:
             raise ValueError(f"max_batch_padding must be -1 (auto) or within 0-1, got {self.max_batch_padding}")
         if self.backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
+        if self.torch_dtype not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"torch_dtype must be fp32, fp16 or bf16, got {self.torch_dtype!r}")
         if self.onnx_variant not in ("fp32", "fp16", "int8"):
             raise ValueError(f"onnx_variant must be fp32, fp16 or int8, got {self.onnx_variant!r}")
         if self.batching not in ("dynamic", "none"):

@@ -70,6 +70,9 @@ class Server(BaseApplication):
             "worker_exit": self.worker_exit,
             "child_exit": child_exit,
         }
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 25 opens a management socket at one fixed path per user; servers side by side clash.
+            config["control_socket_disable"] = True
         for key, value in config.items():
             self.cfg.set(key, value)
 
@@ -108,7 +111,8 @@ class Server(BaseApplication):
             if model_fn is not None:
                 return Handler(model_fn(str(self.model_dir)), user_module)
             classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None,
-                                         backend=s.backend, variant=s.onnx_variant, threads=threads)
+                                         backend=s.backend, variant=s.onnx_variant, threads=threads,
+                                         dtype=s.torch_dtype)
             return Handler(InferenceService(classifier, s, self.model_dir, on_batch=observe_batch), user_module)
 
         return create_app(s, build_handler=build)
