@@ -98,8 +98,9 @@ def offline_in_process(model_dir: Path, texts: list[str], max_length: int, secon
 
 
 def serve(model_dir: Path, port: int, extra: list[str], log_path: Path) -> subprocess.Popen:
-    command = [str(Path(sys.executable).parent / "serve"), "--model-dir", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), *extra]
+    script = Path(sys.executable).parent / "serve"
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli", "serve"]  # not installed
+    command = [*entry, "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *extra]
     process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
