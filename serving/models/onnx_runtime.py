@@ -44,6 +44,18 @@ def open_session(path: Path, device: str, threads: int):
         raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
 
 
+def run_session(session, feeds: dict, device: str):
+    """One forward; on CUDA through IO binding, so the output is allocated on the device and copied once."""
+    if not device.startswith("cuda"):
+        return session.run(["logits"], feeds)[0]
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, array)
+    binding.bind_output("logits", "cuda")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
+
+
 class OnnxRobertaClassifier(RobertaText):
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
                  variant: str = "fp32", threads: int = 1, graph: Path | None = None) -> None:
@@ -53,7 +65,7 @@ class OnnxRobertaClassifier(RobertaText):
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         input_ids, attention_mask = self.pad(batch)
-        (logits,) = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        logits = run_session(self.session, {"input_ids": input_ids, "attention_mask": attention_mask}, self.device)
         return logits_to_scores(logits, self.problem_type)
 
 
@@ -66,5 +78,5 @@ class OnnxRNNClassifier(RNNText):
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         embeddings, lengths = self.embed_numpy(batch)
-        (logits,) = self.session.run(["logits"], {"embeddings": embeddings, "lengths": lengths})
+        logits = run_session(self.session, {"embeddings": embeddings, "lengths": lengths}, self.device)
         return logits_to_scores(logits, self.problem_type)
