@@ -83,6 +83,42 @@ def default_parity_texts() -> list[str]:
     return ["you are an idiot", "thanks for the great write up", "i will find where you live", "nice photo"]
 
 
+def parse_model_spec(spec: str) -> tuple[str, str, str, str]:
+    """'[NAME=]DIR[,backend=onnx][,variant=int8]' -> (name, dir, backend, variant)."""
+    head, *options = spec.split(",")
+    name, _, folder = head.rpartition("=")
+    settings = dict(option.split("=", 1) for option in options if "=" in option)
+    backend, variant = settings.get("backend", "torch"), settings.get("variant", "fp32")
+    default_name = Path(folder).name + ("" if backend == "torch" else f"-{backend}-{variant}")
+    return name or default_name, folder, backend, variant
+
+
+@main.command()
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="labelled texts: Jigsaw CSV layout (comment_text + fractional label columns) or JSONL")
+@click.option("--split", help="keep only rows whose `split` column has this value (e.g. test)")
+@click.option("--model", "models", multiple=True,
+              help="[NAME=]DIR[,backend=onnx][,variant=int8]; repeat to compare models side by side")
+@click.option("--endpoint-url", help="a running server, e.g. http://127.0.0.1:8080")
+@click.option("--endpoint-name", help="a SageMaker endpoint (boto3 sagemaker-runtime)")
+@click.option("--region", help="AWS region for --endpoint-name")
+@click.option("--runtime-url", help="override the sagemaker-runtime URL (local tests)", hidden=True)
+@click.option("--pick-thresholds", "target", help="pick per-label thresholds: min_recall=R, max_fpr=F or f1")
+@click.option("--write-thresholds", is_flag=True, help="write the picked thresholds to the first model's "
+              "folder as thresholds.json (the server applies them)")
+@click.option("--out", "out_dir", default="evaluation", show_default=True, type=click.Path(file_okay=False))
+def evaluate(data_path, split, models, endpoint_url, endpoint_name, region, runtime_url, target, write_thresholds,
+             out_dir) -> None:
+    """Per-label AP/AUC, score distributions, confusion at thresholds, warnings; Markdown + JSON + PNG."""
+    from serving.evaluate_command import run_evaluation
+
+    try:
+        run_evaluation(Path(data_path), split, [parse_model_spec(m) for m in models], endpoint_url, endpoint_name,
+                       region, runtime_url, target, write_thresholds, Path(out_dir), log=lambda m: click.echo(m))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def write_results(out, results: list[dict], labels, output_format: str) -> None:
     if output_format == "jsonl":
         for result in results:

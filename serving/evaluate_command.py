@@ -1,0 +1,98 @@
+"""`toxserve evaluate`: score a labelled file with model folders or a live endpoint, then report and pick thresholds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from serving import eval_report
+from serving.corpus import read_records, text_of
+from serving.evaluation import POSITIVE_AT, evaluate_scores, pick_threshold
+from serving.service import THRESHOLDS_FILE, read_thresholds
+
+
+def labelled(path: Path, labels: list[str], split: str | None) -> tuple[list[str], np.ndarray]:
+    records = [r for r in read_records(path) if split is None or r.get("split") == split]
+    if not records:
+        raise ValueError(f"{path}: no rows" + (f" with split={split}" if split else ""))
+    missing = [label for label in labels if label not in records[0]]
+    if missing:
+        raise ValueError(f"{path}: no column for labels {missing} (the model's labels are {labels})")
+    y = np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
+    return [text_of(r) for r in records], y
+
+
+def _progress(iterable):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc="scoring", unit="batch", file=sys.stderr)
+
+
+def score_sources(data: Path, split: str | None, models, endpoint_url, endpoint_name, region, runtime_url):
+    """{name: (labels, texts, y, scores, model_dir or None)} for every model folder and endpoint asked for."""
+    from serving.artifacts import load_classifier, resolve_model_dir
+    from serving.client import EndpointScorer
+
+    sources: dict[str, tuple[list[str], np.ndarray, np.ndarray, Path | None]] = {}
+    for name, folder, backend, variant in models:
+        model_dir = resolve_model_dir(folder)
+        classifier = load_classifier(model_dir, backend=backend, variant=variant)
+        labels = list(classifier.labels)
+        texts, y = labelled(data, labels, split)
+        scores = classifier.predict_batches(classifier.encode(texts), 32, _progress)
+        sources[name] = (labels, y, scores, model_dir)
+    if endpoint_url or endpoint_name:
+        scorer = EndpointScorer(url=endpoint_url, endpoint_name=endpoint_name, region=region,
+                                endpoint_url=runtime_url)
+        records = [r for r in read_records(data) if split is None or r.get("split") == split]
+        scores = scorer.predict([text_of(r) for r in records], _progress)
+        _, y = labelled(data, scorer.labels, split)
+        sources[endpoint_name or "endpoint"] = (scorer.labels, y, scores, None)
+    if not sources:
+        raise ValueError("nothing to evaluate: give --model and/or --endpoint-url / --endpoint-name")
+    return sources
+
+
+def run_evaluation(data: Path, split: str | None, models, endpoint_url, endpoint_name, region, runtime_url,
+                   target: str | None, write_thresholds: bool, out_dir: Path,
+                   log: Callable[[str], None] = print) -> dict:
+    started = time.perf_counter()
+    sources = score_sources(data, split, models, endpoint_url, endpoint_name, region, runtime_url)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports, figures, picked = {}, {}, {}
+    for name, (labels, y, scores, model_dir) in sources.items():
+        thresholds = read_thresholds(model_dir, labels)
+        if target:
+            thresholds = {label: pick_threshold(y[:, j] >= POSITIVE_AT, scores[:, j], target)
+                          for j, label in enumerate(labels)}
+            picked[name] = (thresholds, model_dir)
+        reports[name] = evaluate_scores(labels, y, scores, thresholds)
+        figures[name] = eval_report.plot(out_dir, name, labels, y, scores)
+    labels = sources[next(iter(sources))][0]
+    conditions = {"data": str(data), "split": split or "all rows", "texts": len(sources[next(iter(sources))][1]),
+                  "positive": f"label >= {POSITIVE_AT}", "thresholds": target or "from thresholds.json, else 0.5",
+                  "seconds": round(time.perf_counter() - started, 1)}
+    eval_report.write(out_dir, reports, labels, conditions, figures)
+    if write_thresholds:
+        _write_thresholds(picked, target, data, split, log)
+    for name, report in reports.items():
+        log(f"{name}: toxicity AP {report[labels[0]]['ap']:.3f}, AUC {report[labels[0]]['auc']:.3f}; "
+            f"warnings: {sum(len(r['warnings']) for r in report.values())}")
+    log(f"wrote {out_dir / 'report.md'}, report.json and {sum(len(f) for f in figures.values())} plots")
+    return reports
+
+
+def _write_thresholds(picked: dict, target: str | None, data: Path, split: str | None, log) -> None:
+    folders = [(name, t, d) for name, (t, d) in picked.items() if d is not None]
+    if not target or not folders:
+        raise ValueError("--write-thresholds needs --pick-thresholds and a --model folder")
+    name, thresholds, model_dir = folders[0]
+    document = {"thresholds": thresholds, "target": target, "picked_on": f"{data} ({split or 'all rows'})",
+                "model": name}
+    (model_dir / THRESHOLDS_FILE).write_text(json.dumps(document, indent=2))
+    log(f"wrote {model_dir / THRESHOLDS_FILE}")
