@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -22,8 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadtest.bench_server import random_roberta, serve, text_mix  # noqa: E402
-from loadtest.closed_loop import run_closed_loop  # noqa: E402
+from loadtest.bench_server import closed_loop_levels, random_roberta, text_mix  # noqa: E402
 
 BATCHES = (1, 8, 32, 128)
 LENGTHS = (64, 128)
@@ -90,17 +88,9 @@ def onnx_grid(model_dir: Path, device: str, seconds: float, batches, lengths) ->
 
 
 def served(model_dir: Path, device: str, extra: list[str], seconds: float, concurrency: int) -> dict:
-    port = 18950
-    process = serve(model_dir, port, ["--device", device, "--max-length", "128", "--max-batch-size", "128",
-                                      "--max-batch-tokens", "16384", *extra], Path(tempfile.gettempdir()) / "gpu.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        texts = text_mix(2000)
-        run_closed_loop(url, texts, 8, 3.0)
-        return run_closed_loop(url, texts, concurrency, seconds).summary()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    flags = ["--device", device, "--max-length", "128", "--max-batch-size", "128", "--max-batch-tokens", "16384"]
+    return closed_loop_levels(model_dir, text_mix(2000), [*flags, *extra], (concurrency,), seconds,
+                              Path(tempfile.gettempdir()) / "gpu.log")[0]
 
 
 def main(argv: list[str] | None = None) -> None:

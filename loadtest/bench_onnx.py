@@ -17,8 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadtest.bench_server import offline, random_roberta, serve, text_mix  # noqa: E402
-from loadtest.closed_loop import run_closed_loop  # noqa: E402
+from loadtest.bench_server import closed_loop_levels, offline, random_roberta, text_mix  # noqa: E402
 
 CONFIGS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
@@ -31,18 +30,8 @@ def ensure_onnx(model_dir: Path, texts: list[str]) -> None:
 
 
 def served_c32(model_dir: Path, texts: list[str], backend: str, variant: str, duration: float, work: Path) -> dict:
-    import signal
-
-    port = 18900
-    process = serve(model_dir, port, ["--max-length", "128", "--backend", backend, "--onnx-variant", variant],
-                    work / f"serve-{backend}-{variant}.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        run_closed_loop(url, texts, 4, 2.0)
-        return run_closed_loop(url, texts, 32, duration).summary()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    extra = ["--max-length", "128", "--backend", backend, "--onnx-variant", variant]
+    return closed_loop_levels(model_dir, texts, extra, (32,), duration, work / f"serve-{backend}-{variant}.log")[0]
 
 
 def main(argv: list[str] | None = None) -> None:

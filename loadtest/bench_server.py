@@ -116,21 +116,26 @@ def serve(model_dir: Path, port: int, extra: list[str], log_path: Path) -> subpr
     raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
 
 
-def server_figures(model_dir: Path, texts: list[str], extra: list[str], duration: float, work: Path) -> list:
+def closed_loop_levels(model_dir: Path, texts: list[str], extra: list[str], levels, duration: float,
+                       log_path: Path) -> list[dict]:
+    """Start `serve`, warm it for 2 s, run the closed loop at each concurrency level, stop it with SIGTERM."""
     port = 18500 + os.getpid() % 1000
-    process = serve(model_dir, port, extra, work / f"serve-{port}.log")
+    process = serve(model_dir, port, extra, log_path)
     try:
         url = f"http://127.0.0.1:{port}"
         run_closed_loop(url, texts, 4, 2.0)  # warm connections and caches
         rows = []
-        for concurrency in (1, 8, 16, 32):
-            result = run_closed_loop(url, texts, concurrency, duration)
-            rows.append(result.summary())
+        for concurrency in levels:
+            rows.append(run_closed_loop(url, texts, concurrency, duration).summary())
             print("   ", rows[-1], flush=True)
         return rows
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def server_figures(model_dir: Path, texts: list[str], extra: list[str], duration: float, work: Path) -> list:
+    return closed_loop_levels(model_dir, texts, extra, (1, 8, 16, 32), duration, work / "serve.log")
 
 
 def markdown(report: dict) -> str:

@@ -56,12 +56,17 @@ def run_session(session, feeds: dict, device: str):
     return binding.copy_outputs_to_cpu()[0]
 
 
-class OnnxRobertaClassifier(RobertaText):
+class OnnxSession:
+    """Mixed in before a family's text side: opens the variant's graph (or a staged `graph`) after it."""
+
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
                  variant: str = "fp32", threads: int = 1, graph: Path | None = None) -> None:
-        super().__init__(model_dir, device, max_length)
+        super().__init__(model_dir, device, max_length)  # type: ignore[call-arg]
         self.variant = variant
         self.session = open_session(graph or onnx_path(model_dir, variant), device, threads)
+
+
+class OnnxRobertaClassifier(OnnxSession, RobertaText):
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         input_ids, attention_mask = self.pad(batch)
@@ -69,12 +74,7 @@ class OnnxRobertaClassifier(RobertaText):
         return logits_to_scores(logits, self.problem_type)
 
 
-class OnnxRNNClassifier(RNNText):
-    def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
-                 variant: str = "fp32", threads: int = 1, graph: Path | None = None) -> None:
-        super().__init__(model_dir, device, max_length)
-        self.variant = variant
-        self.session = open_session(graph or onnx_path(model_dir, variant), device, threads)
+class OnnxRNNClassifier(OnnxSession, RNNText):
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         embeddings, lengths = self.embed_numpy(batch)
