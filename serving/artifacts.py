@@ -16,14 +16,16 @@ from serving.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+SAGEMAKER_BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"  # the toolkit's name; moved only by tests (a fake /opt/ml)
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_artifacts" / "demo" / "roberta"
 
 
 def resolve_model_dir(path: str | os.PathLike | None = None, extract_root: Path | None = None) -> Path:
     """The folder to load: `path` (a folder or a .tar.gz, extracted safely), else /opt/ml/model, else the demo."""
     if path is None:
-        path = SAGEMAKER_MODEL_DIR if SAGEMAKER_MODEL_DIR.is_dir() else DEMO_MODEL_DIR
+        sagemaker_model_dir = Path(os.environ.get(SAGEMAKER_BASE_DIR_ENV, "/opt/ml")) / "model"
+        has_model = sagemaker_model_dir.is_dir() and any(sagemaker_model_dir.iterdir())
+        path = sagemaker_model_dir if has_model else DEMO_MODEL_DIR
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
         target = Path(tempfile.mkdtemp(prefix="model-", dir=extract_root))

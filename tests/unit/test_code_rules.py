@@ -29,7 +29,7 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
         pytest.skip("ruff not installed")
-    folders = [name for name in ("serving", "tests", "model_artifacts", "loadtest") if (REPO / name).is_dir()]
+    folders = [name for name in ("serving", "tests", "model_artifacts", "loadtest", "docker") if (REPO / name).is_dir()]
     result = subprocess.run([ruff, "check", *folders], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
