@@ -102,6 +102,7 @@ def report(out: Path, steps: list[Step], catalogue: dict, conditions: dict, p99_
                                        (catalogue.get(label) or {}).get("hourly_usd")) for label in labels) if c]
     front = pareto(capacities)
     files = plots(out, steps, capacities, front)
+    best = None
     try:
         best = recommend(capacities, peak_rps)
         verdict = (f"**{best.count} x {best.instance_type}** serves {peak_rps} req/s within p99 {p99_ms} ms for "
@@ -126,8 +127,10 @@ def report(out: Path, steps: list[Step], catalogue: dict, conditions: dict, p99_
         if writer:
             writer.writeheader()
             writer.writerows(asdict(s) for s in steps)
+    recommendation = None if best is None else {"instance_type": best.instance_type, "count": best.count,
+                                                 "hourly_usd": best.hourly_usd, "capacity_rps": best.capacity.rps}
     (out / "report.json").write_text(json.dumps({"conditions": conditions, "steps": [asdict(s) for s in steps],
-                                                 "verdict": verdict}, indent=2))
+                                                 "verdict": verdict, "recommendation": recommendation}, indent=2))
     return verdict
 
 

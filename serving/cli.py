@@ -119,6 +119,74 @@ def evaluate(data_path, split, models, endpoint_url, endpoint_name, region, runt
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("--name", required=True, help="model, endpoint config and endpoint name")
+@click.option("--image", "image_uri", required=True, help="ECR image URI (docker/build_push.sh prints it)")
+@click.option("--role", "role_arn", required=True, help="SageMaker execution role ARN")
+@click.option("--model-data", required=True, help="s3://.../model.tar.gz, or a local one to upload to --bucket")
+@click.option("--bucket", help="S3 bucket for a local --model-data")
+@click.option("--instance-type", help="e.g. ml.g5.xlarge [default: the load-test report's recommendation]")
+@click.option("--instance-count", type=int, help="initial instances [default: the report's, else 1]")
+@click.option("--from-report", type=click.Path(exists=True, dir_okay=False),
+              help="loadtest runner report.json: instance type, count and measured capacity")
+@click.option("--capacity-rps", type=float, help="measured req/s per instance within the latency target "
+              "(turns on autoscaling)")
+@click.option("--utilisation", type=float, default=0.7, show_default=True, help="autoscaling target share")
+@click.option("--max-instances", type=int, default=4, show_default=True)
+@click.option("--env", "env_pairs", multiple=True, help="container environment KEY=VALUE (e.g. SERVING_BACKEND=onnx)")
+@click.option("--region")
+@click.option("--dry-run", is_flag=True, help="print every API call instead of making it")
+@click.option("--no-wait", is_flag=True, help="return without waiting for InService")
+def deploy(name, image_uri, role_arn, model_data, bucket, instance_type, instance_count, from_report, capacity_rps,
+           utilisation, max_instances, env_pairs, region, dry_run, no_wait) -> None:
+    """Create a SageMaker model, endpoint config and endpoint (and autoscaling from measured capacity)."""
+    from serving.deploy import AwsCalls, Deployment
+    from serving.deploy import deploy as run_deploy
+
+    chosen = json.loads(Path(from_report).read_text()).get("recommendation") or {} if from_report else {}
+    instance_type = instance_type or chosen.get("instance_type")
+    if not instance_type:
+        raise click.UsageError("give --instance-type, or --from-report with a recommendation")
+    deployment = Deployment(
+        name=name, image_uri=image_uri, role_arn=role_arn, model_data=model_data, bucket=bucket,
+        instance_type=instance_type, instance_count=instance_count or chosen.get("count", 1),
+        env=dict(pair.split("=", 1) for pair in env_pairs), capacity_rps=capacity_rps or chosen.get("capacity_rps"),
+        utilisation=utilisation, max_instances=max_instances,
+    )
+    run_deploy(deployment, AwsCalls(region=region, dry_run=dry_run, log=click.echo), wait=not no_wait)
+
+
+@main.command()
+@click.option("--name", required=True)
+@click.option("--bucket", help="also delete s3://BUCKET/NAME/model.tar.gz that deploy uploaded")
+@click.option("--region")
+@click.option("--dry-run", is_flag=True)
+def undeploy(name, bucket, region, dry_run) -> None:
+    """Remove the endpoint, its config, model, autoscaling (and uploaded archive) that deploy made."""
+    from serving.deploy import AwsCalls
+    from serving.deploy import undeploy as run_undeploy
+
+    run_undeploy(name, AwsCalls(region=region, dry_run=dry_run, log=click.echo), bucket)
+
+
+@main.command()
+@click.option("--job", required=True, help="transform job name")
+@click.option("--model-name", required=True, help="a model created by deploy")
+@click.option("--input", "input_s3", required=True, help="s3:// prefix of JSON Lines files")
+@click.option("--output", "output_s3", required=True, help="s3:// prefix for the results")
+@click.option("--instance-type", required=True)
+@click.option("--instance-count", type=int, default=1, show_default=True)
+@click.option("--region")
+@click.option("--dry-run", is_flag=True)
+def transform(job, model_name, input_s3, output_s3, instance_type, instance_count, region, dry_run) -> None:
+    """Batch transform over JSON Lines (a record per line in, a result per line out)."""
+    from serving.deploy import AwsCalls
+    from serving.deploy import transform as run_transform
+
+    run_transform(AwsCalls(region=region, dry_run=dry_run, log=click.echo), job, model_name, input_s3, output_s3,
+                  instance_type, instance_count)
+
+
 def write_results(out, results: list[dict], labels, output_format: str) -> None:
     if output_format == "jsonl":
         for result in results:
