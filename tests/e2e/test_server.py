@@ -208,3 +208,13 @@ def test_serve_with_the_onnx_int8_backend(demo_dir, tmp_path):
         sample = TEXTS[:20]
         np.testing.assert_allclose(scores(invoke(server.url, sample)), classifier.predict(sample), atol=5e-3)
         assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+
+
+def test_serve_with_nothing_given_serves_the_demo_model(demo_dir, tmp_path):
+    """The README's first command: `serve` alone, no /opt/ml/model -> the bundled demo RoBERTox on the port."""
+    empty_ml = tmp_path / "ml"
+    (empty_ml / "model").mkdir(parents=True)
+    with running_server(tmp_path, env={"SAGEMAKER_BASE_DIR": str(empty_ml)}) as server:
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+        assert len(scores(invoke(server.url, ["hello there"]))[0]) == 7
+        assert f"from {demo_dir / 'roberta'}" in server.log()
