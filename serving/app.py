@@ -56,14 +56,18 @@ class ModelState:
 
 
 def create_app(settings: Settings, build_handler: Callable[[], Handler] | None = None,
-               handler: Handler | None = None) -> Flask:
-    """The WSGI app; with `build_handler` the model loads in the background while /ping answers 503."""
+               handler: Handler | None = None, load_in_background: bool = True) -> Flask:
+    """The WSGI app. With `build_handler` the model loads in the background while /ping answers 503, or,
+    with `load_in_background=False` (how `serve` runs), before the app is returned: a gunicorn worker then
+    takes no connection until its model is warm, so with several workers no request meets a loading one."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     state = ModelState(handler)
     app.extensions["model_state"] = state
-    if build_handler is not None:
+    if build_handler is not None and load_in_background:
         threading.Thread(target=state.load, args=(build_handler,), name="model-loader", daemon=True).start()
+    elif build_handler is not None:
+        state.load(build_handler)
 
     @app.before_request
     def start_timer() -> None:

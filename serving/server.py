@@ -58,8 +58,9 @@ class Server(BaseApplication):
             "workers": self.workers,
             "worker_class": "gthread",
             "threads": s.threads,
-            # gthread workers heartbeat from their main thread, so long inferences never trip this.
-            "timeout": max(120, s.timeout_s * 2),
+            # gthread workers heartbeat from their main thread, so long inferences never trip this; it must
+            # outlast a worker's model load and warm-up, which happen before the worker serves.
+            "timeout": max(600, s.timeout_s * 2),
             "graceful_timeout": s.graceful_timeout_s,
             "keepalive": 75,
             "accesslog": None,
@@ -115,7 +116,7 @@ class Server(BaseApplication):
                                          dtype=s.torch_dtype)
             return Handler(InferenceService(classifier, s, self.model_dir, on_batch=observe_batch), user_module)
 
-        return create_app(s, build_handler=build)
+        return create_app(s, build_handler=build, load_in_background=False)
 
 
 def child_exit(server, worker) -> None:
