@@ -16,15 +16,19 @@ from serving.evaluation import POSITIVE_AT, evaluate_scores, pick_threshold
 from serving.service import THRESHOLDS_FILE, read_thresholds
 
 
-def labelled(path: Path, labels: list[str], split: str | None) -> tuple[list[str], np.ndarray]:
+def rows(path: Path, split: str | None) -> list[dict]:
     records = [r for r in read_records(path) if split is None or r.get("split") == split]
     if not records:
         raise ValueError(f"{path}: no rows" + (f" with split={split}" if split else ""))
+    return records
+
+
+def label_matrix(records: list[dict], labels: list[str], path: Path) -> np.ndarray:
+    """Fractional labels (texts, labels) for the labels a model or endpoint names; a missing column is an error."""
     missing = [label for label in labels if label not in records[0]]
     if missing:
         raise ValueError(f"{path}: no column for labels {missing} (the model's labels are {labels})")
-    y = np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
-    return [text_of(r) for r in records], y
+    return np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
 
 
 def _progress(iterable):
@@ -34,25 +38,25 @@ def _progress(iterable):
 
 
 def score_sources(data: Path, split: str | None, models, endpoint_url, endpoint_name, region, runtime_url):
-    """{name: (labels, texts, y, scores, model_dir or None)} for every model folder and endpoint asked for."""
+    """{name: (labels, y, scores, model_dir or None)} for every model folder and endpoint asked for."""
     from serving.artifacts import load_classifier, resolve_model_dir
     from serving.client import EndpointScorer
 
+    records = rows(data, split)
+    texts = [text_of(r) for r in records]
     sources: dict[str, tuple[list[str], np.ndarray, np.ndarray, Path | None]] = {}
     for name, folder, backend, variant in models:
         model_dir = resolve_model_dir(folder)
         classifier = load_classifier(model_dir, backend=backend, variant=variant)
         labels = list(classifier.labels)
-        texts, y = labelled(data, labels, split)
+        y = label_matrix(records, labels, data)
         scores = classifier.predict_batches(classifier.encode(texts), 32, _progress)
         sources[name] = (labels, y, scores, model_dir)
     if endpoint_url or endpoint_name:
         scorer = EndpointScorer(url=endpoint_url, endpoint_name=endpoint_name, region=region,
                                 endpoint_url=runtime_url)
-        records = [r for r in read_records(data) if split is None or r.get("split") == split]
-        scores = scorer.predict([text_of(r) for r in records], _progress)
-        _, y = labelled(data, scorer.labels, split)
-        sources[endpoint_name or "endpoint"] = (scorer.labels, y, scores, None)
+        scores = scorer.predict(texts, _progress)
+        sources[endpoint_name or "endpoint"] = (scorer.labels, label_matrix(records, scorer.labels, data), scores, None)
     if not sources:
         raise ValueError("nothing to evaluate: give --model and/or --endpoint-url / --endpoint-name")
     return sources

@@ -54,7 +54,7 @@ def default_predict_fn(data: Any, model: Any) -> Any:
     """Our service classifies through the batcher; a user model_fn's object is called with the texts."""
     request = as_request(data)
     if isinstance(model, InferenceService):
-        options = RequestOptions.parse(request.parameters, None)
+        options = RequestOptions.parse(request.parameters)
         return Prediction(model.classify(request.texts, options), request, options, model.labels)
     return model(request.texts)
 

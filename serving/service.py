@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving import metrics
-from serving.batching import BatchedResult, Batcher, BatchStats
+from serving.batching import BatchedResult, Batcher
 from serving.classifier import Classifier, EncodedText
 from serving.config import Settings
 from serving.errors import BadRequest, RequestTimeout, UnprocessableInput
@@ -39,8 +39,8 @@ class RequestOptions:
     top_k: int | None = None
 
     @classmethod
-    def parse(cls, parameters: Mapping, custom_attributes: str | None) -> RequestOptions:
-        values = {**parse_custom_attributes(custom_attributes), **parameters}
+    def parse(cls, values: Mapping) -> RequestOptions:
+        """From a request's parameters (Handler.invoke has already merged the custom attributes in)."""
         truncate = values.get("truncate", values.get("truncation", True))
         options = cls(
             truncate=_flag(truncate, "truncate"),
@@ -166,7 +166,7 @@ class InferenceService:
         log.info("warm-up forward ms by tokens %s; padding bound %s",
                  {n: round(s * 1000, 2) for n, s in timings.items()}, padding)
 
-    def classify(self, texts: Sequence[str], options: RequestOptions, deadline: float | None = None) -> Classification:
+    def classify(self, texts: Sequence[str], options: RequestOptions) -> Classification:
         started = time.monotonic()
         encoded = self.classifier.encode(texts)
         tokenize_s = time.monotonic() - started
@@ -177,7 +177,7 @@ class InferenceService:
                 "tokens and truncation was turned off"
             )
         if self.batching:
-            outcome = self._batched(encoded, (deadline or started + self.timeout_s) - time.monotonic())
+            outcome = self._batched(encoded, started + self.timeout_s - time.monotonic())
         else:
             compute_started = time.monotonic()
             scores = self._run_batch(list(encoded))
@@ -198,5 +198,3 @@ class InferenceService:
     def stop(self, timeout_s: float) -> bool:
         return self.batcher.stop(timeout_s)
 
-
-__all__ = ["BatchStats", "Classification", "InferenceService", "RequestOptions"]
