@@ -41,9 +41,24 @@ def text_of(record: dict) -> str:
     raise ValueError(f"record has none of the text fields {TEXT_FIELDS}: keys {sorted(record)}")
 
 
+def read_split(path: Path, split: str | None = None) -> list[dict]:
+    """The file's rows, or those of one `split` column value; none is an error."""
+    records = [r for r in read_records(path) if split is None or r.get("split") == split]
+    if not records:
+        raise ValueError(f"{path}: no rows" + (f" with split={split}" if split else ""))
+    return records
+
+
+def label_matrix(records: list[dict], labels: Iterable[str], path: Path) -> np.ndarray:
+    """Fractional labels (rows, labels); a label without a column is an error naming it."""
+    labels = list(labels)
+    missing = [label for label in labels if label not in records[0]]
+    if missing:
+        raise ValueError(f"{path}: no column for labels {missing} (the model's labels are {labels})")
+    return np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
+
+
 def read_labelled(path: Path, labels: Iterable[str] = JIGSAW_LABELS, split: str | None = None):
     """(texts, fractional label matrix) from a Jigsaw-layout file, optionally one `split` only."""
-    records = [r for r in read_records(path) if split is None or r.get("split") == split]
-    labels = list(labels)
-    y = np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
-    return [text_of(r) for r in records], y.reshape(len(records), len(labels))
+    records = read_split(path, split)
+    return [text_of(r) for r in records], label_matrix(records, labels, path)

@@ -11,24 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from serving import eval_report
-from serving.corpus import read_records, text_of
+from serving.corpus import label_matrix, read_split, text_of
 from serving.evaluation import POSITIVE_AT, evaluate_scores, pick_threshold
 from serving.service import THRESHOLDS_FILE, read_thresholds
-
-
-def rows(path: Path, split: str | None) -> list[dict]:
-    records = [r for r in read_records(path) if split is None or r.get("split") == split]
-    if not records:
-        raise ValueError(f"{path}: no rows" + (f" with split={split}" if split else ""))
-    return records
-
-
-def label_matrix(records: list[dict], labels: list[str], path: Path) -> np.ndarray:
-    """Fractional labels (texts, labels) for the labels a model or endpoint names; a missing column is an error."""
-    missing = [label for label in labels if label not in records[0]]
-    if missing:
-        raise ValueError(f"{path}: no column for labels {missing} (the model's labels are {labels})")
-    return np.array([[float(r[label]) for label in labels] for r in records], dtype=np.float32)
 
 
 def _progress(iterable):
@@ -42,7 +27,7 @@ def score_sources(data: Path, split: str | None, models, endpoint_url, endpoint_
     from serving.artifacts import load_classifier, resolve_model_dir
     from serving.client import EndpointScorer
 
-    records = rows(data, split)
+    records = read_split(data, split)
     texts = [text_of(r) for r in records]
     sources: dict[str, tuple[list[str], np.ndarray, np.ndarray, Path | None]] = {}
     for name, folder, backend, variant in models:
