@@ -94,13 +94,34 @@ def detect_family(model_dir: Path) -> str:
     )
 
 
+def choose_backend(model_dir: Path, device: str) -> tuple[str, str, str]:
+    """`--backend auto`: ONNX Runtime fp32 on the CPU when the folder carries a current, parity-checked fp32
+    export (the same scores, 1.4-2x the throughput measured here), torch otherwise. Never a lossy variant.
+    Returns (backend, variant, why)."""
+    if not device.startswith("cpu"):
+        return "torch", "fp32", f"device {device}; ONNX Runtime on GPUs only when asked for (--backend onnx)"
+    from serving.models.onnx_runtime import stale_export_reason
+
+    reason = stale_export_reason(model_dir, "fp32")
+    if reason is not None:
+        return "torch", "fp32", reason
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch", "fp32", "onnxruntime is not installed"
+    return "onnx", "fp32", "the folder's fp32 ONNX export is current and passed parity"
+
+
 def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
-    backend: str = "torch", variant: str = "fp32", threads: int = 1, dtype: str = "fp32",
+    backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "fp32",
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make."""
     model_dir = resolve_model_dir(path)
     family = detect_family(model_dir)
+    if backend == "auto":
+        backend, variant, why = choose_backend(model_dir, device)
+        log.info("backend auto: %s (%s)", backend, why)
     log.info("loading %s model from %s on %s with %s", family, model_dir, device, backend)
     if backend == "onnx":
         from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier

@@ -26,7 +26,8 @@ def main() -> None:
               help="output format [default: from --output's suffix, else jsonl]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime fp32 on CPU when the folder has a current export, else torch (as `serve`)")
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="ONNX variant, with --backend onnx")
 def predict(model_dir, input_path, output_path, output_format, batch_size, device, backend, variant) -> None:

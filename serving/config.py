@@ -26,9 +26,12 @@ class Settings:
     timeout_s: int = field(default=60, metadata={"help": "request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
     max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    backend: str = field(default="torch", metadata={"help": "torch, or onnx (ONNX Runtime over onnx/ in the folder)"})
+    backend: str = field(default="auto", metadata={
+        "help": "auto (ONNX Runtime fp32 on CPU when the folder has a current export, else torch), torch, or onnx "
+                "(ONNX Runtime over onnx/ in the folder, any variant)"})
     torch_dtype: str = field(default="fp32", metadata={"help": "fp32, fp16 or bf16 weights, with backend torch"})
-    onnx_variant: str = field(default="fp32", metadata={"help": "fp32, fp16 (GPU) or int8 (CPU), with backend onnx"})
+    onnx_variant: str = field(default="fp32", metadata={"help": "fp32, fp16 (GPU) or int8 (CPU), with backend onnx "
+                                                                "(auto uses fp32 only)"})
     torch_threads: int = field(default=0, metadata={"help": "intra-op threads per worker, 0 = cores / workers"})
     max_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
     max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
@@ -53,8 +56,8 @@ class Settings:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not (self.max_batch_padding == -1 or 0 <= self.max_batch_padding <= 1):
             raise ValueError(f"max_batch_padding must be -1 (auto) or within 0-1, got {self.max_batch_padding}")
-        if self.backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
+        if self.backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be auto, torch or onnx, got {self.backend!r}")
         if self.torch_dtype not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"torch_dtype must be fp32, fp16 or bf16, got {self.torch_dtype!r}")
         if self.onnx_variant not in ("fp32", "fp16", "int8"):

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from serving.classifier import Classifier
-from serving.models.onnx_runtime import ONNX_DIR, OnnxRNNClassifier, OnnxRobertaClassifier, onnx_path
+from serving.models.onnx_runtime import (
+    EXPORT_REPORT,
+    ONNX_DIR,
+    OnnxRNNClassifier,
+    OnnxRobertaClassifier,
+    onnx_path,
+    weights_digest,
+)
 
 OPSET = 17
 # (max |score diff|, share of label decisions at 0.5 that must agree) per variant
@@ -98,10 +105,12 @@ def check_parity(reference: Classifier, candidate: Classifier, texts: Sequence[s
 
 def export(model_dir: Path, variants: Sequence[str], texts: Sequence[str], force: bool = False,
            log: Callable[[str], None] = print) -> list[Parity]:
-    """Write onnx/model.<variant>.onnx for each variant that passes parity (or all, with `force`)."""
+    """Write onnx/model.<variant>.onnx for each variant that passes parity (or all, with `force`), and the parity
+    results with the digest of the weights they came from in onnx/export.json (what `--backend auto` checks)."""
     from serving.artifacts import load_classifier
 
-    reference = load_classifier(model_dir)
+    reference = load_classifier(model_dir, backend="torch")
+    source = weights_digest(model_dir)
     target = model_dir / ONNX_DIR
     target.mkdir(exist_ok=True)
     results = []
@@ -126,9 +135,11 @@ def export(model_dir: Path, variants: Sequence[str], texts: Sequence[str], force
                 f"{parity.decisions_agree:.2%} on {parity.texts} texts: {verdict}")
             if parity.passed or force:
                 shutil.copy(staged, onnx_path(model_dir, variant))
-    report = target / "export.json"
+    report = target / EXPORT_REPORT
     previous = json.loads(report.read_text()) if report.exists() else {}
-    previous.update({p.variant: asdict(p) for p in results})
+    if previous.get("source") != source:  # variants exported from other weights no longer vouch for these
+        previous = {}
+    previous.update({p.variant: asdict(p) for p in results}, source=source)
     report.write_text(json.dumps(previous, indent=2))
     return results
 

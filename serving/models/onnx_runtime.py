@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,13 +11,44 @@ from serving.classifier import EncodedText, Scores, logits_to_scores
 from serving.errors import ModelLoadError
 from serving.models.rnn import RNNText
 from serving.models.roberta import RobertaText
+from serving.weights import WEIGHT_FILES
 
 ONNX_DIR = "onnx"
 VARIANTS = ("fp32", "fp16", "int8")
+EXPORT_REPORT = "export.json"
 
 
 def onnx_path(model_dir: Path, variant: str) -> Path:
     return model_dir / ONNX_DIR / f"model.{variant}.onnx"
+
+
+def weights_digest(model_dir: Path) -> dict | None:
+    """The weight file torch would load and its SHA-256: what an export records as its source."""
+    path = next((model_dir / name for name in WEIGHT_FILES if (model_dir / name).is_file()), None)
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "sha256": digest.hexdigest()}
+
+
+def stale_export_reason(model_dir: Path, variant: str = "fp32") -> str | None:
+    """Why the folder's ONNX `variant` must not stand in for its torch weights, or None when it may: the graph
+    exists, passed its parity check, and was exported from the weight file the folder holds now."""
+    report_path = model_dir / ONNX_DIR / EXPORT_REPORT
+    if not onnx_path(model_dir, variant).is_file():
+        return f"no {ONNX_DIR}/model.{variant}.onnx"
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return f"no readable {ONNX_DIR}/{EXPORT_REPORT}"
+    if not (report.get(variant) or {}).get("passed"):
+        return f"the {variant} export did not pass its parity check"
+    if not report.get("source") or report["source"] != weights_digest(model_dir):
+        return f"the {variant} export was not made from this folder's current weights"
+    return None
 
 
 def open_session(path: Path, device: str, threads: int):

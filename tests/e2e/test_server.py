@@ -218,3 +218,4 @@ def test_serve_with_nothing_given_serves_the_demo_model(demo_dir, tmp_path):
         assert requests.get(server.url + "/ping", timeout=5).status_code == 200
         assert len(scores(invoke(server.url, ["hello there"]))[0]) == 7
         assert f"from {demo_dir / 'roberta'}" in server.log()
+        assert "backend auto: onnx" in server.log()  # the demo ships a current fp32 export; CPU serves it

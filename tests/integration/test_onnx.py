@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from serving import ModelLoadError, load_classifier
 from serving.cli import main
 from serving.corpus import read_labelled
+from serving.artifacts import choose_backend
 from serving.evaluation import roc_auc
+from serving.models.onnx_runtime import weights_digest
 from tests.conftest import CORPUS
 
 TEXTS, Y = read_labelled(CORPUS, split="test")
@@ -29,7 +31,9 @@ def exported(request, demo_dir, tmp_path_factory):
 
 def test_export_writes_each_variant_and_a_parity_report(exported):
     report = json.loads((exported / "onnx" / "export.json").read_text())
+    source = report.pop("source")
     assert set(report) == {"fp32", "int8", "fp16"} and all(r["passed"] for r in report.values())
+    assert source == weights_digest(exported) and source["file"] == "model.safetensors"
     for variant in ("fp32", "int8", "fp16"):
         assert (exported / "onnx" / f"model.{variant}.onnx").stat().st_size > 0
 
@@ -76,3 +80,54 @@ def test_predict_command_with_the_onnx_backend(exported):
                                        "int8"], input="you are an idiot\nlovely day\n")
     assert result.exit_code == 0, result.output
     assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 2
+
+
+def test_auto_backend_serves_a_current_fp32_export_on_cpu_and_torch_otherwise(exported, tmp_path):
+    assert choose_backend(exported, "cpu")[:2] == ("onnx", "fp32")
+    auto = load_classifier(exported)
+    assert type(auto).__name__.startswith("Onnx") and auto.variant == "fp32"
+    np.testing.assert_allclose(auto.predict(TEXTS), load_classifier(exported, backend="torch").predict(TEXTS),
+                               atol=1e-4)
+    backend, _, why = choose_backend(exported, "cuda")
+    assert backend == "torch" and "--backend onnx" in why
+
+
+def test_auto_backend_refuses_an_export_of_other_weights_or_one_that_failed_parity(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(exported, retrained)
+    weights = load_file(str(retrained / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0  # new weights, old onnx/: the export no longer speaks for them
+    save_file(weights, str(retrained / "model.safetensors"))
+    backend, _, why = choose_backend(retrained, "cpu")
+    assert backend == "torch" and "current weights" in why
+    assert not type(load_classifier(retrained)).__name__.startswith("Onnx")
+
+    failed = tmp_path / "failed"
+    shutil.copytree(exported, failed)
+    report = json.loads((failed / "onnx" / "export.json").read_text())
+    report["fp32"]["passed"] = False
+    (failed / "onnx" / "export.json").write_text(json.dumps(report))
+    assert choose_backend(failed, "cpu")[0] == "torch" and "parity" in choose_backend(failed, "cpu")[2]
+    (failed / "onnx" / "export.json").unlink()
+    assert choose_backend(failed, "cpu")[0] == "torch"
+    shutil.rmtree(failed / "onnx")
+    assert choose_backend(failed, "cpu") == ("torch", "fp32", "no onnx/model.fp32.onnx")
+
+
+def test_re_exporting_after_new_weights_drops_the_old_variants_report(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] * 0.5
+    save_file(weights, str(folder / "model.safetensors"))
+    result = CliRunner().invoke(main, ["export", "--model-dir", str(folder), "--variants", "fp32"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "onnx" / "export.json").read_text())
+    assert set(report) == {"fp32", "source"} and report["source"] == weights_digest(folder)
+    assert choose_backend(folder, "cpu")[0] == "onnx"
