@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from serving.config import Settings
 
@@ -31,6 +32,14 @@ LOG_CONFIG = {
     },
     "root": {"handlers": ["stderr"], "level": "INFO"},
 }
+
+
+class AppAccessLogOnly(Logger):
+    """The app writes the JSON access log (with request ids); gunicorn's own would still format its atoms for
+    every request because a logging config is set (0.04 ms per request in a profile), so it is switched off."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        return None
 
 
 def gpu_count() -> int:
@@ -66,6 +75,7 @@ class Server(BaseApplication):
             "accesslog": None,
             "loglevel": s.log_level,
             "logconfig_dict": LOG_CONFIG,
+            "logger_class": AppAccessLogOnly,
             "pre_fork": self.pre_fork,
             "post_fork": self.post_fork,
             "worker_exit": self.worker_exit,
