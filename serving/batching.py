@@ -67,16 +67,19 @@ class _Item:
         return max(1, self.encoded.length)
 
 
-def select_batch(lengths: Sequence[int], max_size: int, max_tokens: int, max_padding: float = 1.0) -> list[int]:
-    """Indices of a batch around item 0 (the oldest), adding the nearest lengths first while the count,
-    the padded tokens and the padding share (padded - real) / padded stay within bounds."""
+def select_batch(lengths: Sequence[int], max_size: int, max_tokens: int, max_padding: float = 1.0,
+                 padding_per_text: float = float("inf")) -> list[int]:
+    """Indices of a batch around item 0 (the oldest), adding the nearest lengths first while the count, the
+    padded tokens, the padding share (padded - real) / padded, and the padding tokens per text beyond the
+    first (`padding_per_text`: the break-even point, see PaddingRule) stay within bounds."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     low = high = order.index(0)
     longest, real = lengths[0], lengths[0]
 
     def fits(new_longest: int, new_real: int, count: int) -> bool:
         padded = new_longest * count
-        return padded <= max_tokens and padded - new_real <= max_padding * padded
+        padding = padded - new_real
+        return padded <= max_tokens and padding <= max_padding * padded and padding <= padding_per_text * (count - 1)
 
     while high - low + 1 < max_size:
         count = high - low + 2
@@ -111,6 +114,7 @@ class Batcher:
         max_batch_tokens: int,
         max_batch_delay_ms: float = 0.0,
         max_batch_padding: float = 1.0,
+        padding_per_text: float = float("inf"),
         max_queue_texts: int = 2048,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
@@ -120,6 +124,7 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
         self.max_batch_padding = max_batch_padding
+        self.padding_per_text = padding_per_text
         self.max_queue_texts = max_queue_texts
         self.on_batch = on_batch
         self._waiting: list[_Item] = []
@@ -188,7 +193,7 @@ class Batcher:
         if not self._waiting:
             return []
         picked = select_batch([i.cost_length for i in self._waiting], self.max_batch_size, self.max_batch_tokens,
-                              self.max_batch_padding)
+                              self.max_batch_padding, self.padding_per_text)
         chosen = set(picked)
         batch = [self._waiting[i] for i in sorted(picked)]
         self._waiting = [item for i, item in enumerate(self._waiting) if i not in chosen]

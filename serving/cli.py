@@ -85,12 +85,13 @@ def default_parity_texts() -> list[str]:
 
 
 def parse_model_spec(spec: str) -> tuple[str, str, str, str]:
-    """'[NAME=]DIR[,backend=onnx][,variant=int8]' -> (name, dir, backend, variant)."""
+    """'[NAME=]DIR[,backend=onnx][,variant=int8]' -> (name, dir, backend, variant); the backend defaults to
+    auto, as in `serve`, so thresholds picked here are picked on the scores the server will return."""
     head, *options = spec.split(",")
     name, _, folder = head.rpartition("=")
     settings = dict(option.split("=", 1) for option in options if "=" in option)
-    backend, variant = settings.get("backend", "torch"), settings.get("variant", "fp32")
-    default_name = Path(folder).name + ("" if backend == "torch" else f"-{backend}-{variant}")
+    backend, variant = settings.get("backend", "auto"), settings.get("variant", "fp32")
+    default_name = Path(folder).name + ("" if backend in ("auto", "torch") else f"-{backend}-{variant}")
     return name or default_name, folder, backend, variant
 
 

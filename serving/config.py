@@ -36,8 +36,9 @@ class Settings:
     max_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
     max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
     max_batch_padding: float = field(default=-1.0, metadata={
-        "help": "largest share of padding tokens in a batch, 0-1; -1 = auto: 0.2 on CPU (a padded token "
-                "costs as much as a real one there), 1 (no limit) on GPU"})
+        "help": "largest share of padding tokens in a batch, 0-1; -1 = auto: on CPU a text joins a batch only "
+                "while the padding it adds costs less than the per-forward cost it saves (both timed at "
+                "warm-up), on GPU no limit"})
     max_batch_delay_ms: float = field(default=0.0, metadata={"help": "wait for more texts when idle"})
     max_queue_texts: int = field(default=2048, metadata={"help": "queued texts per worker before 429"})
     batching: str = field(default="dynamic", metadata={"help": "dynamic, or none: one forward per request in "

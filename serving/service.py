@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -104,22 +105,36 @@ def read_thresholds(model_dir: Path | None, labels: Sequence[str]) -> dict[str, 
     return {label: float(thresholds[label]) for label in labels if label in thresholds}
 
 
-def batch_padding(setting: float, device: str, seconds_by_length: dict[int, float] | None = None) -> float:
-    """The padding bound: as set, or auto (-1): 0.2 on CPU when warm-up shows that compute grows with
-    tokens (a padded token then costs a real one), else no bound (1.0), as on GPUs or for models whose
-    forward pass is mostly fixed cost, where bigger batches win."""
-    if setting >= 0:
-        return setting
-    if device != "cpu":
-        return 1.0
-    if not seconds_by_length or len(seconds_by_length) < 2:
-        return 0.2
-    import numpy as np
+@dataclass(frozen=True)
+class PaddingRule:
+    """How much padding a batch may carry: a cap on its share of the padded tokens, and the padding tokens each
+    text beyond the first may bring.
 
-    lengths = np.array(list(seconds_by_length), dtype=float)
-    per_token, fixed = np.polyfit(lengths, np.array(list(seconds_by_length.values())), 1)
-    token_bound = per_token > 0 and max(fixed, 0.0) < per_token * lengths.max() / 2
-    return 0.2 if token_bound else 1.0
+    Auto (max_batch_padding -1) on CPU, where a forward costs about `fixed + per_token x padded tokens` (fitted
+    to the warm-up timings): one more text in a batch saves a `fixed` and costs `per_token` for each padding
+    token it adds, so it is worth taking while that padding stays under fixed / per_token tokens per text.
+    Models whose forward is mostly fixed cost (tiny ones, the LSTM) then batch freely, and big ones only
+    near-equal lengths. On GPUs, where padding rides along almost free, no bound.
+    """
+
+    share: float = 1.0
+    per_text: float = math.inf
+
+    @classmethod
+    def choose(cls, setting: float, device: str, seconds_by_length: dict[int, float] | None = None) -> PaddingRule:
+        if setting >= 0:
+            return cls(share=setting)
+        if device != "cpu":
+            return cls()
+        if not seconds_by_length or len(seconds_by_length) < 2:
+            return cls(share=0.2)  # until warm-up has timed the model
+        import numpy as np
+
+        lengths = np.array(list(seconds_by_length), dtype=float)
+        per_token, fixed = np.polyfit(lengths, np.array(list(seconds_by_length.values())), 1)
+        if per_token <= 0:
+            return cls()
+        return cls(per_text=round(float(max(fixed, 0.0) / per_token), 1))
 
 
 class InferenceService:
@@ -136,9 +151,10 @@ class InferenceService:
             self._run_batch, len(classifier.labels),
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_queue_texts=settings.max_queue_texts,
-            max_batch_padding=batch_padding(settings.max_batch_padding, classifier.device),
             on_batch=on_batch,
-        ).start()
+        )
+        self._apply(PaddingRule.choose(settings.max_batch_padding, classifier.device))
+        self.batcher.start()
 
     @property
     def labels(self) -> list[str]:
@@ -148,6 +164,10 @@ class InferenceService:
     def alive(self) -> bool:
         return self.batcher.alive
 
+    def _apply(self, rule: PaddingRule) -> None:
+        self.padding_rule = rule
+        self.batcher.max_batch_padding, self.batcher.padding_per_text = rule.share, rule.per_text
+
     def _run_batch(self, batch: list[EncodedText]):
         from serving.device import predict_splitting_on_oom
 
@@ -155,16 +175,15 @@ class InferenceService:
 
     def warmup(self) -> None:
         """Real forwards at each length bucket the server can see, through the batcher, before /ping says
-        ready; their timings set the automatic padding bound."""
+        ready; their timings set the automatic padding rule."""
         timings = {}
         for length in [n for n in WARMUP_LENGTHS if n <= self.classifier.max_length] or [1]:
             text = " ".join(["warm"] * length)
             tokens = self.classifier.encode([text])[0].length
             timings[tokens] = min(self.classify([text], RequestOptions()).compute_s for _ in range(3))
-        padding = batch_padding(self.padding_setting, self.classifier.device, timings)
-        self.batcher.max_batch_padding = padding
-        log.info("warm-up forward ms by tokens %s; padding bound %s",
-                 {n: round(s * 1000, 2) for n, s in timings.items()}, padding)
+        self._apply(PaddingRule.choose(self.padding_setting, self.classifier.device, timings))
+        log.info("warm-up forward ms by tokens %s; %s", {n: round(s * 1000, 2) for n, s in timings.items()},
+                 self.padding_rule)
 
     def classify(self, texts: Sequence[str], options: RequestOptions) -> Classification:
         started = time.monotonic()

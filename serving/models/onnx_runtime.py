@@ -23,20 +23,25 @@ def onnx_path(model_dir: Path, variant: str) -> Path:
 
 
 def weights_digest(model_dir: Path) -> dict | None:
-    """The weight file torch would load and its SHA-256: what an export records as its source."""
+    """SHA-256 of the weight file torch would load and of config.json: what an export records as its source."""
     path = next((model_dir / name for name in WEIGHT_FILES if (model_dir / name).is_file()), None)
     if path is None:
         return None
+    config = model_dir / "config.json"
+    return {"file": path.name, "sha256": _sha256(path), "config_sha256": _sha256(config) if config.is_file() else None}
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-    return {"file": path.name, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
 def stale_export_reason(model_dir: Path, variant: str = "fp32") -> str | None:
     """Why the folder's ONNX `variant` must not stand in for its torch weights, or None when it may: the graph
-    exists, passed its parity check, and was exported from the weight file the folder holds now."""
+    exists, passed its parity check, and was exported from the weights and config the folder holds now."""
     report_path = model_dir / ONNX_DIR / EXPORT_REPORT
     if not onnx_path(model_dir, variant).is_file():
         return f"no {ONNX_DIR}/model.{variant}.onnx"
@@ -47,7 +52,7 @@ def stale_export_reason(model_dir: Path, variant: str = "fp32") -> str | None:
     if not (report.get(variant) or {}).get("passed"):
         return f"the {variant} export did not pass its parity check"
     if not report.get("source") or report["source"] != weights_digest(model_dir):
-        return f"the {variant} export was not made from this folder's current weights"
+        return f"the {variant} export was not made from this folder's current weights and config"
     return None
 
 

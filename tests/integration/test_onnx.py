@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from serving import ModelLoadError, load_classifier
+from serving.artifacts import choose_backend
 from serving.cli import main
 from serving.corpus import read_labelled
-from serving.artifacts import choose_backend
 from serving.evaluation import roc_auc
 from serving.models.onnx_runtime import weights_digest
 from tests.conftest import CORPUS
@@ -104,6 +104,12 @@ def test_auto_backend_refuses_an_export_of_other_weights_or_one_that_failed_pari
     backend, _, why = choose_backend(retrained, "cpu")
     assert backend == "torch" and "current weights" in why
     assert not type(load_classifier(retrained)).__name__.startswith("Onnx")
+
+    reconfigured = tmp_path / "reconfigured"
+    shutil.copytree(exported, reconfigured)
+    config = json.loads((reconfigured / "config.json").read_text())
+    (reconfigured / "config.json").write_text(json.dumps({**config, "note": "edited after export"}))
+    assert choose_backend(reconfigured, "cpu")[0] == "torch"
 
     failed = tmp_path / "failed"
     shutil.copytree(exported, failed)

@@ -186,3 +186,13 @@ def test_select_batch_bounds_the_padding_share():
     assert sorted(lengths[i] for i in tight) == [90, 95, 100]
     padded = max(lengths[i] for i in tight) * len(tight)
     assert padded - sum(lengths[i] for i in tight) <= 0.1 * padded
+
+
+def test_select_batch_takes_padding_only_up_to_the_per_text_break_even():
+    lengths = [50, 52, 60, 90, 20]
+    assert sorted(select_batch(lengths, 8, 10_000, padding_per_text=0)) == [0]  # only equal lengths
+    picked = select_batch(lengths, 8, 10_000, padding_per_text=9)
+    assert sorted(lengths[i] for i in picked) == [50, 52, 60]  # 10 + 8 padding tokens <= 9 per added text
+    assert sorted(lengths[i] for i in select_batch(lengths, 8, 10_000, padding_per_text=8)) == [50, 52]
+    assert len(select_batch(lengths, 8, 10_000, padding_per_text=1_000)) == 5
+    assert sorted(select_batch([7, 7, 7], 8, 10_000, padding_per_text=0)) == [0, 1, 2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serving.config import Settings
-from serving.service import batch_padding
+from serving.service import PaddingRule
 
 
 def test_sagemaker_and_serving_variables_are_read():
@@ -35,8 +35,11 @@ def test_bad_values_name_the_setting(env, message):
         Settings.from_env(env)
 
 
-def test_auto_padding_bound_is_tight_on_cpu_only():
-    assert batch_padding(-1, "cpu") == 0.2 and batch_padding(-1, "cuda") == 1.0 and batch_padding(0.5, "cpu") == 0.5
-    token_bound = {10: 0.011, 100: 0.101}  # 1 ms fixed, 1 ms per 10 tokens
-    fixed_cost = {10: 0.0101, 100: 0.011}  # 10 ms fixed, little per token
-    assert batch_padding(-1, "cpu", token_bound) == 0.2 and batch_padding(-1, "cpu", fixed_cost) == 1.0
+def test_auto_padding_rule_is_the_break_even_point_on_cpu_and_no_bound_elsewhere():
+    assert PaddingRule.choose(0.5, "cpu") == PaddingRule(share=0.5)  # as set
+    assert PaddingRule.choose(-1, "cuda") == PaddingRule() and PaddingRule.choose(-1, "cpu") == PaddingRule(0.2)
+    token_bound = {10: 0.02, 100: 0.11}  # 10 ms fixed, 1 ms per token: a text may bring 10 padding tokens
+    fixed_cost = {10: 0.0101, 100: 0.011}  # 10 ms fixed, 0.01 ms per token: 1000
+    assert PaddingRule.choose(-1, "cpu", token_bound) == PaddingRule(per_text=10.0)
+    assert PaddingRule.choose(-1, "cpu", fixed_cost) == PaddingRule(per_text=1000.0)
+    assert PaddingRule.choose(-1, "cpu", {10: 0.002, 100: 0.001}) == PaddingRule()  # noise: no per-token cost
