@@ -4,9 +4,11 @@ For each model (random-weight RoBERTox of roberta-base shape, a tiny one, both w
 tokenizer, and the demo RNN): the offline throughput with no server (length-sorted batches of
 32, and batch 1), then the real `serve` with dynamic batching, then the same server with
 `--batching none` (one forward per request in its thread), each at concurrency 1, 8 and 32
-with one text per request from a log-normal length mix (median 40 words).
+with one text per request from a log-normal length mix (median 40 words). Each model gets an
+fp32 ONNX export, so `--backend auto` (serve's default) runs it on ONNX Runtime on a CPU; the
+offline limit is measured with the same backend as the servers.
 
-    python loadtest/bench_server.py [--models tiny,base,rnn] [--duration 15] [--out bench.json]
+    python loadtest/bench_server.py [--models tiny,base,rnn] [--backend auto] [--duration 15] [--out bench.json]
 """
 
 from __future__ import annotations
@@ -67,7 +69,16 @@ def random_roberta(shape: str, demo_roberta: Path, out: Path) -> Path:
     return out
 
 
-def offline(model_dir: Path, max_length: int, seconds: float, backend: str = "torch", variant: str = "fp32") -> dict:
+def ensure_fp32_export(model_dir: Path, texts: list[str]) -> None:
+    """A current fp32 ONNX export, which `--backend auto` serves on CPUs (random weights pass fp32 parity too)."""
+    from serving.export import export
+    from serving.models.onnx_runtime import stale_export_reason
+
+    if stale_export_reason(model_dir, "fp32") is not None:
+        export(model_dir, ["fp32"], texts[:64])
+
+
+def offline(model_dir: Path, max_length: int, seconds: float, backend: str = "auto", variant: str = "fp32") -> dict:
     """Measured in a child process, so its torch threads and memory are gone before the server starts."""
     result = subprocess.run([sys.executable, __file__, "--offline", str(model_dir), "--max-length", str(max_length),
                              "--duration", str(seconds), "--backend", backend, "--variant", variant],
@@ -75,7 +86,7 @@ def offline(model_dir: Path, max_length: int, seconds: float, backend: str = "to
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def offline_in_process(model_dir: Path, texts: list[str], max_length: int, seconds: float, backend: str = "torch",
+def offline_in_process(model_dir: Path, texts: list[str], max_length: int, seconds: float, backend: str = "auto",
                        variant: str = "fp32") -> dict:
     """The limit: batched (length-sorted, 32) and batch-1 throughput, all cores, no server."""
     import torch
@@ -107,7 +118,7 @@ def serve(model_dir: Path, port: int, extra: list[str], log_path: Path) -> subpr
         try:
             if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
                 return process
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # workers still loading: the backlog holds it
             pass
         if process.poll() is not None:
             break
@@ -143,7 +154,7 @@ def markdown(report: dict) -> str:
     lines = []
     for name, figures in report["models"].items():
         limit, single = figures["offline"]["batch32_seq_per_s"], figures["offline"]["batch1_seq_per_s"]
-        lines += [f"### {name}", "",
+        lines += [f"### {name} ({figures.get('backend', 'torch')})", "",
                   f"Offline limit (no server): {limit} seq/s at batch 32 (length-sorted), {single} seq/s at batch 1 "
                   f"({1000 / single:.2f} ms per text).", "",
                   "| server | concurrency | req/s | share of limit | p50 ms | p99 ms | errors | generator CPU ms/req |",
@@ -166,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_server.json"))
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "toxserve-bench")
     parser.add_argument("--offline", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                        help="the backend of the servers and of the offline limit (auto: as `serve` picks)")
     parser.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--markdown", type=Path, help="print the tables for a saved report and exit")
     args = parser.parse_args(argv)
@@ -187,10 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     }, "models": {}}
     for name in args.models.split(","):
         model_dir = demo / "rnn" if name == "rnn" else random_roberta(name, demo / "roberta", args.work_dir / name)
-        print(f"== {name}", flush=True)
-        figures = {"offline": offline(model_dir, args.max_length, args.duration)}
+        ensure_fp32_export(model_dir, texts)
+        from serving.artifacts import choose_backend
+
+        backend = choose_backend(model_dir, "cpu")[0] if args.backend == "auto" else args.backend
+        print(f"== {name} ({backend})", flush=True)
+        figures = {"backend": backend, "offline": offline(model_dir, args.max_length, args.duration, backend)}
         print("    offline", figures["offline"], flush=True)
-        common = ["--max-length", str(args.max_length)]
+        common = ["--max-length", str(args.max_length), "--backend", backend]
         print("  batching server", flush=True)
         figures["batching"] = server_figures(model_dir, texts, common + args.server_args.split(), args.duration,
                                              args.work_dir)

@@ -3,6 +3,9 @@
 Request threads tokenise and submit; the loop takes what is waiting as soon as the device is
 free, groups texts of similar length around the oldest one (bounded by a text count and a
 padded-token budget), runs the batch, and settles every future it accepted, whatever happens.
+With `run_inline_when_idle`, a request that finds the model idle and nothing queued runs as its
+own batch in its own thread, sparing two thread wake-ups (~0.3 ms on a 2-core VM); the model
+still runs one batch at a time, and whatever arrives meanwhile queues for the loop.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class Batcher:
         max_batch_padding: float = 1.0,
         padding_per_text: float = float("inf"),
         max_queue_texts: int = 2048,
+        run_inline_when_idle: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.run_batch = run_batch
@@ -126,8 +130,10 @@ class Batcher:
         self.max_batch_padding = max_batch_padding
         self.padding_per_text = padding_per_text
         self.max_queue_texts = max_queue_texts
+        self.run_inline_when_idle = run_inline_when_idle and not max_batch_delay_ms  # a delay means: wait for company
         self.on_batch = on_batch
         self._waiting: list[_Item] = []
+        self._busy = False  # a batch is running, in the loop or inline
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="inference-loop", daemon=True)
@@ -159,9 +165,31 @@ class Batcher:
                 raise QueueFull(
                     f"queue is full ({len(self._waiting)} texts waiting, limit {self.max_queue_texts}); retry later"
                 )
-            self._waiting.extend(_Item(e, request, i) for i, e in enumerate(encoded))
-            self._cond.notify()
+            items = [_Item(e, request, i) for i, e in enumerate(encoded)]
+            inline = self.run_inline_when_idle and not self._busy and not self._waiting and self._one_batch(items)
+            if inline:
+                self._busy = True
+            else:
+                self._waiting.extend(items)
+                self._cond.notify()
+        if inline:
+            try:
+                self._run(items)
+            finally:
+                self._idle()
         return future
+
+    def _one_batch(self, items: list[_Item]) -> bool:
+        lengths = [item.cost_length for item in items]
+        picked = select_batch(lengths, self.max_batch_size, self.max_batch_tokens, self.max_batch_padding,
+                              self.padding_per_text)
+        return len(picked) == len(items)
+
+    def _idle(self) -> None:
+        with self._cond:
+            self._busy = False
+            if self._waiting or self._stopping:  # else the loop has nothing to do: waking it costs a thread switch
+                self._cond.notify_all()
 
     def stop(self, timeout_s: float = 25.0) -> bool:
         """Refuse new texts, finish the queued ones, and end the loop; False if it did not end in time."""
@@ -174,15 +202,18 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._stopping:
-                    self._cond.wait()
+                self._cond.wait_for(lambda: (self._waiting or self._stopping) and not self._busy)
                 if not self._waiting:
                     return
                 if self.max_batch_delay_s and len(self._waiting) < self.max_batch_size and not self._stopping:
                     self._cond.wait_for(lambda: len(self._waiting) >= self.max_batch_size, self.max_batch_delay_s)
                 batch = self._take_batch()
+                self._busy = bool(batch)
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                finally:
+                    self._idle()
 
     def _take_batch(self) -> list[_Item]:
         """Drop texts of abandoned requests, then remove and return the next batch (lock held)."""

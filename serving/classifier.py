@@ -33,6 +33,12 @@ class Classifier(abc.ABC):
     max_length: int
     device: str
 
+    @property
+    def runs_on_any_thread(self) -> bool:
+        """Whether predict_encoded may run on whichever request thread finds the model idle (the batcher's
+        inline path), not only on the inference loop's thread."""
+        return True
+
     @abc.abstractmethod
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Tokenise texts, truncating each to `max_length` units (tokens or words)."""

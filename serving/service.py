@@ -151,7 +151,7 @@ class InferenceService:
             self._run_batch, len(classifier.labels),
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_queue_texts=settings.max_queue_texts,
-            on_batch=on_batch,
+            run_inline_when_idle=classifier.runs_on_any_thread, on_batch=on_batch,
         )
         self._apply(PaddingRule.choose(settings.max_batch_padding, classifier.device))
         self.batcher.start()

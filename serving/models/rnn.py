@@ -162,6 +162,12 @@ class RNNClassifier(RNNText):
         embeddings = self.model.embed(rows, torch.from_numpy(offsets).to(self.device), (len(batch), width))
         return embeddings, lengths
 
+    @property
+    def runs_on_any_thread(self) -> bool:
+        from serving.device import torch_runs_on_any_thread
+
+        return torch_runs_on_any_thread(self.device)
+
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         with torch.inference_mode():
             logits = self.model(*self.batch_tensors(batch))

@@ -20,6 +20,9 @@ from serving.errors import ModelLoadError
 from serving.weights import assign_weights, load_state_dict
 
 ARCHITECTURES = ("RoBERToxForSequenceClassification", "RobertaForSequenceClassification")
+# encode_batch hands texts to the tokenizers library's thread pool, whose idle threads take ~0.2 ms to wake
+# (measured in a live worker) against ~0.06 ms to encode one text here: small requests encode in place.
+SEQUENTIAL_ENCODE_MAX = 8
 
 
 class LossMode(str, enum.Enum):
@@ -127,7 +130,10 @@ class RobertaText(Classifier):
         self.tokenizer = _read_tokenizer(model_dir, self.max_length)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        if len(texts) <= SEQUENTIAL_ENCODE_MAX:
+            encodings = [self.tokenizer.encode(text, add_special_tokens=True) for text in texts]
+        else:
+            encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
         return [
             EncodedText(np.asarray(e.ids, dtype=np.int64), len(e.ids), bool(e.overflowing))
             for e in encodings
@@ -166,6 +172,12 @@ class RobertaClassifier(RobertaText):
         state = {k: v for k, v in state.items() if not k.endswith("position_ids") and ".pooler." not in k}
         assign_weights(self.model, state, model_dir)
         self.model.to(device=device, dtype=DTYPES[dtype]).eval()  # type: ignore[call-arg]  # transformers typing
+
+    @property
+    def runs_on_any_thread(self) -> bool:
+        from serving.device import torch_runs_on_any_thread
+
+        return torch_runs_on_any_thread(self.device)
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         input_ids, attention_mask = self.pad(batch)

@@ -50,7 +50,7 @@ def running_server(tmp_path: Path, *args: str, env: dict | None = None, ready_ti
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"serve exited with {process.returncode}:\n{server.log()}")
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):  # queued while workers load
                 if requests.get(server.url + "/ping", timeout=2).status_code == 200:
                     break
             time.sleep(0.2)

@@ -196,3 +196,64 @@ def test_select_batch_takes_padding_only_up_to_the_per_text_break_even():
     assert sorted(lengths[i] for i in select_batch(lengths, 8, 10_000, padding_per_text=8)) == [50, 52]
     assert len(select_batch(lengths, 8, 10_000, padding_per_text=1_000)) == 5
     assert sorted(select_batch([7, 7, 7], 8, 10_000, padding_per_text=0)) == [0, 1, 2]
+
+
+def test_a_request_that_finds_the_model_idle_runs_inline_and_others_queue_behind_it():
+    model = FakeModel()
+    threads: list[int] = []
+    inner = model.__call__
+    model_call = lambda batch: (threads.append(threading.get_ident()), inner(batch))[1]  # noqa: E731
+    batcher = Batcher(model_call, 2, max_batch_size=4, max_batch_tokens=1000, run_inline_when_idle=True).start()
+    assert batcher.submit(texts(3), 10).result(0).scores[0, 0] == 3  # settled before submit returned
+    assert threads == [threading.get_ident()]
+
+    model.gate.clear()
+    model.entered.clear()
+    runner = threading.Thread(target=lambda: batcher.submit(texts(1), 10))
+    runner.start()
+    model.entered.wait(5)  # the model is busy inline in `runner`: these queue for the loop
+    queued = [batcher.submit(texts(n), 10) for n in (10, 11, 12)]
+    assert not any(f.done() for f in queued)
+    model.gate.set()
+    runner.join(5)
+    assert [f.result(10).scores[0, 0] for f in queued] == [10, 11, 12]
+    assert model.batches[-1] == [10, 11, 12] and threads[-1] == batcher._thread.ident
+    oversized = batcher.submit(texts(1, 2, 3, 4, 5, 6), 10)  # more than one batch holds: the loop splits it
+    assert oversized.result(10).scores[:, 0].tolist() == [1, 2, 3, 4, 5, 6] and threads[-1] == batcher._thread.ident
+    assert batcher.stop()
+
+
+def test_inline_and_loop_batches_never_overlap_under_concurrent_load():
+    running, overlaps = [0], []
+    lock = threading.Lock()
+
+    def model(batch):
+        with lock:
+            running[0] += 1
+            overlaps.append(running[0])
+        result = np.array([[e.features, len(batch)] for e in batch], dtype=np.float32)
+        with lock:
+            running[0] -= 1
+        return result
+
+    batcher = Batcher(model, 2, max_batch_size=8, max_batch_tokens=1000, run_inline_when_idle=True).start()
+    results: list = []
+
+    def client(seed: int) -> None:
+        for n in range(1, 40):
+            length = (seed * 7 + n) % 50 + 1
+            results.append(batcher.submit(texts(length), 10).result(10).scores[0, 0] == length)
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert len(results) == 16 * 39 and all(results)
+    assert max(overlaps) == 1  # one batch at a time, whichever thread ran it
+    assert batcher.stop()
+
+
+def test_no_inline_path_when_a_batch_delay_is_asked_for():
+    assert not Batcher(FakeModel(), 2, max_batch_size=4, max_batch_tokens=100, max_batch_delay_ms=5,
+                       run_inline_when_idle=True).run_inline_when_idle
