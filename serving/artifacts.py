@@ -96,7 +96,7 @@ def detect_family(model_dir: Path) -> str:
 
 def choose_backend(model_dir: Path, device: str) -> tuple[str, str, str]:
     """`--backend auto`: ONNX Runtime fp32 on the CPU when the folder carries a current, parity-checked fp32
-    export (the same scores, 1.4-2x the throughput measured here), torch otherwise. Never a lossy variant.
+    export (the same scores, 1.2-1.4x the served throughput measured here), torch otherwise. Never a lossy variant.
     Returns (backend, variant, why)."""
     if not device.startswith("cpu"):
         return "torch", "fp32", f"device {device}; ONNX Runtime on GPUs only when asked for (--backend onnx)"
