@@ -124,7 +124,11 @@ def load_classifier(
         log.info("backend auto: %s (%s)", backend, why)
     log.info("loading %s model from %s on %s with %s", family, model_dir, device, backend)
     if backend == "onnx":
-        from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier
+        from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier, stale_export_reason
+
+        stale = stale_export_reason(model_dir, variant)
+        if stale is not None:
+            log.warning("ONNX %s asked for although %s; serving it as asked", variant, stale)
 
         runtime = OnnxRNNClassifier if family == "rnn" else OnnxRobertaClassifier
         return runtime(model_dir, device=device, max_length=max_length, variant=variant, threads=threads)

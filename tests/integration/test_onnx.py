@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_auto_backend_serves_a_current_fp32_export_on_cpu_and_torch_otherwise(ex
     assert backend == "torch" and "--backend onnx" in why
 
 
-def test_auto_backend_refuses_an_export_of_other_weights_or_one_that_failed_parity(exported, tmp_path):
+def test_auto_backend_refuses_an_export_of_other_weights_or_one_that_failed_parity(exported, tmp_path, caplog):
     from safetensors.torch import load_file, save_file
 
     retrained = tmp_path / "retrained"
@@ -104,6 +105,9 @@ def test_auto_backend_refuses_an_export_of_other_weights_or_one_that_failed_pari
     backend, _, why = choose_backend(retrained, "cpu")
     assert backend == "torch" and "current weights" in why
     assert not type(load_classifier(retrained)).__name__.startswith("Onnx")
+    with caplog.at_level(logging.WARNING, logger="serving.artifacts"):
+        load_classifier(retrained, backend="onnx")  # asked for explicitly: served, with a warning
+    assert "not made from this folder's current weights" in caplog.text
 
     reconfigured = tmp_path / "reconfigured"
     shutil.copytree(exported, reconfigured)
