@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from loadtest.closed_loop import run_closed_loop  # noqa: E402
+from serving.artifacts import choose_backend  # noqa: E402
 from serving.corpus import read_labelled  # noqa: E402
 
 SHAPES = {
@@ -200,8 +201,6 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models.split(","):
         model_dir = demo / "rnn" if name == "rnn" else random_roberta(name, demo / "roberta", args.work_dir / name)
         ensure_fp32_export(model_dir, texts)
-        from serving.artifacts import choose_backend
-
         backend = choose_backend(model_dir, "cpu")[0] if args.backend == "auto" else args.backend
         print(f"== {name} ({backend})", flush=True)
         figures = {"backend": backend, "offline": offline(model_dir, args.max_length, args.duration, backend)}

@@ -122,13 +122,15 @@ def load_classifier(
     if backend == "auto":
         backend, variant, why = choose_backend(model_dir, device)
         log.info("backend auto: %s (%s)", backend, why)
-    log.info("loading %s model from %s on %s with %s", family, model_dir, device, backend)
-    if backend == "onnx":
-        from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier, stale_export_reason
+    elif backend == "onnx":  # asked for by name: served even if stale (auto has checked its own pick)
+        from serving.models.onnx_runtime import stale_export_reason
 
         stale = stale_export_reason(model_dir, variant)
         if stale is not None:
             log.warning("ONNX %s asked for although %s; serving it as asked", variant, stale)
+    log.info("loading %s model from %s on %s with %s", family, model_dir, device, backend)
+    if backend == "onnx":
+        from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier
 
         runtime = OnnxRNNClassifier if family == "rnn" else OnnxRobertaClassifier
         return runtime(model_dir, device=device, max_length=max_length, variant=variant, threads=threads)
