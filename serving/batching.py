@@ -11,6 +11,7 @@ still runs one batch at a time, and whatever arrives meanwhile queues for the lo
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -105,6 +106,36 @@ def select_batch(lengths: Sequence[int], max_size: int, max_tokens: int, max_pad
     return order[low : high + 1]
 
 
+@dataclass(frozen=True)
+class PaddingRule:
+    """How much padding a batch may carry: a cap on its share of the padded tokens, and the padding tokens each
+    text beyond the first may bring.
+
+    Auto (max_batch_padding -1) on CPU, where a forward costs about `fixed + per_token x padded tokens` (fitted
+    to the warm-up timings): one more text in a batch saves a `fixed` and costs `per_token` for each padding
+    token it adds, so it is worth taking while that padding stays under fixed / per_token tokens per text.
+    Models whose forward is mostly fixed cost (tiny ones, the LSTM) then batch freely, and big ones only
+    near-equal lengths. On GPUs, where padding rides along almost free, no bound.
+    """
+
+    share: float = 1.0
+    per_text: float = math.inf
+
+    @classmethod
+    def choose(cls, setting: float, device: str, seconds_by_length: dict[int, float] | None = None) -> PaddingRule:
+        if setting >= 0:
+            return cls(share=setting)
+        if device != "cpu":
+            return cls()
+        if not seconds_by_length or len(seconds_by_length) < 2:
+            return cls(share=0.2)  # until warm-up has timed the model
+        lengths = np.array(list(seconds_by_length), dtype=float)
+        per_token, fixed = np.polyfit(lengths, np.array(list(seconds_by_length.values())), 1)
+        if per_token <= 0:
+            return cls()
+        return cls(per_text=round(float(max(fixed, 0.0) / per_token), 1))
+
+
 class Batcher:
     """Owns the queue and the inference loop; `run_batch` maps encoded texts to a (n, labels) array."""
 
@@ -116,8 +147,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_tokens: int,
         max_batch_delay_ms: float = 0.0,
-        max_batch_padding: float = 1.0,
-        padding_per_text: float = float("inf"),
+        padding: PaddingRule = PaddingRule(),
         max_queue_texts: int = 2048,
         run_inline_when_idle: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -127,8 +157,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
-        self.max_batch_padding = max_batch_padding
-        self.padding_per_text = padding_per_text
+        self.padding = padding  # replaced once warm-up has timed the model
         self.max_queue_texts = max_queue_texts
         self.run_inline_when_idle = run_inline_when_idle and not max_batch_delay_ms  # a delay means: wait for company
         self.on_batch = on_batch
@@ -181,8 +210,8 @@ class Batcher:
 
     def _one_batch(self, items: list[_Item]) -> bool:
         lengths = [item.cost_length for item in items]
-        picked = select_batch(lengths, self.max_batch_size, self.max_batch_tokens, self.max_batch_padding,
-                              self.padding_per_text)
+        picked = select_batch(lengths, self.max_batch_size, self.max_batch_tokens, self.padding.share,
+                              self.padding.per_text)
         return len(picked) == len(items)
 
     def _idle(self) -> None:
@@ -224,7 +253,7 @@ class Batcher:
         if not self._waiting:
             return []
         picked = select_batch([i.cost_length for i in self._waiting], self.max_batch_size, self.max_batch_tokens,
-                              self.max_batch_padding, self.padding_per_text)
+                              self.padding.share, self.padding.per_text)
         chosen = set(picked)
         batch = [self._waiting[i] for i in sorted(picked)]
         self._waiting = [item for i, item in enumerate(self._waiting) if i not in chosen]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving import metrics
-from serving.batching import BatchedResult, Batcher
+from serving.batching import BatchedResult, Batcher, PaddingRule
 from serving.classifier import Classifier, EncodedText
 from serving.config import Settings
 from serving.errors import BadRequest, RequestTimeout, UnprocessableInput
@@ -105,38 +104,6 @@ def read_thresholds(model_dir: Path | None, labels: Sequence[str]) -> dict[str, 
     return {label: float(thresholds[label]) for label in labels if label in thresholds}
 
 
-@dataclass(frozen=True)
-class PaddingRule:
-    """How much padding a batch may carry: a cap on its share of the padded tokens, and the padding tokens each
-    text beyond the first may bring.
-
-    Auto (max_batch_padding -1) on CPU, where a forward costs about `fixed + per_token x padded tokens` (fitted
-    to the warm-up timings): one more text in a batch saves a `fixed` and costs `per_token` for each padding
-    token it adds, so it is worth taking while that padding stays under fixed / per_token tokens per text.
-    Models whose forward is mostly fixed cost (tiny ones, the LSTM) then batch freely, and big ones only
-    near-equal lengths. On GPUs, where padding rides along almost free, no bound.
-    """
-
-    share: float = 1.0
-    per_text: float = math.inf
-
-    @classmethod
-    def choose(cls, setting: float, device: str, seconds_by_length: dict[int, float] | None = None) -> PaddingRule:
-        if setting >= 0:
-            return cls(share=setting)
-        if device != "cpu":
-            return cls()
-        if not seconds_by_length or len(seconds_by_length) < 2:
-            return cls(share=0.2)  # until warm-up has timed the model
-        import numpy as np
-
-        lengths = np.array(list(seconds_by_length), dtype=float)
-        per_token, fixed = np.polyfit(lengths, np.array(list(seconds_by_length.values())), 1)
-        if per_token <= 0:
-            return cls()
-        return cls(per_text=round(float(max(fixed, 0.0) / per_token), 1))
-
-
 class InferenceService:
     """A loaded classifier behind a dynamic batcher."""
 
@@ -151,10 +118,9 @@ class InferenceService:
             self._run_batch, len(classifier.labels),
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_queue_texts=settings.max_queue_texts,
+            padding=PaddingRule.choose(settings.max_batch_padding, classifier.device),
             run_inline_when_idle=classifier.runs_on_any_thread, on_batch=on_batch,
-        )
-        self._apply(PaddingRule.choose(settings.max_batch_padding, classifier.device))
-        self.batcher.start()
+        ).start()
 
     @property
     def labels(self) -> list[str]:
@@ -163,10 +129,6 @@ class InferenceService:
     @property
     def alive(self) -> bool:
         return self.batcher.alive
-
-    def _apply(self, rule: PaddingRule) -> None:
-        self.padding_rule = rule
-        self.batcher.max_batch_padding, self.batcher.padding_per_text = rule.share, rule.per_text
 
     def _run_batch(self, batch: list[EncodedText]):
         from serving.device import predict_splitting_on_oom
@@ -181,9 +143,9 @@ class InferenceService:
             text = " ".join(["warm"] * length)
             tokens = self.classifier.encode([text])[0].length
             timings[tokens] = min(self.classify([text], RequestOptions()).compute_s for _ in range(3))
-        self._apply(PaddingRule.choose(self.padding_setting, self.classifier.device, timings))
+        self.batcher.padding = PaddingRule.choose(self.padding_setting, self.classifier.device, timings)
         log.info("warm-up forward ms by tokens %s; %s", {n: round(s * 1000, 2) for n, s in timings.items()},
-                 self.padding_rule)
+                 self.batcher.padding)
 
     def classify(self, texts: Sequence[str], options: RequestOptions) -> Classification:
         started = time.monotonic()
