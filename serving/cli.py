@@ -190,9 +190,11 @@ def transform(job, model_name, input_s3, output_s3, instance_type, instance_coun
 
 
 def write_results(out, results: list[dict], labels, output_format: str) -> None:
+    from serving.results import dumps
+
     if output_format == "jsonl":
         for result in results:
-            out.write(json.dumps(result) + "\n")
+            out.write(dumps(result).decode() + "\n")
         return
     writer = csv.writer(out)
     writer.writerow([*labels, "labels", "truncated"])

@@ -13,6 +13,7 @@ from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header, parse_options_header
 
 from serving.errors import BadRequest, NotAcceptable, UnprocessableInput, UnsupportedMediaType
+from serving.results import dumps
 
 JSON = content_types.JSON
 JSONLINES = "application/jsonlines"
@@ -149,15 +150,16 @@ def choose_accept(accept_header: str | None, default: str = JSON) -> str:
 
 def encode_json(results: list[dict], labels: list[str]) -> bytes:
     truncated = sum(r["truncated"] for r in results)
-    return json.dumps({"predictions": results, "truncated_texts": truncated}).encode()
+    return dumps({"predictions": results, "truncated_texts": truncated})
 
 
 def encode_jsonlines(results: list[dict], labels: list[str]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in results).encode()
+    return b"".join(dumps(r) + b"\n" for r in results)
 
 
 def encode_csv(results: list[dict], labels: list[str]) -> bytes:
-    """One row per text, no header: each label's score in model order, then matched labels joined by ';'."""
+    """One row per text, no header: each label's score in model order (float32's shortest form), then matched labels
+    joined by ';', then 1 if the text was truncated."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for r in results:

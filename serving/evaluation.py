@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.results import decide
+
 POSITIVE_AT = 0.5
 
 
@@ -61,7 +63,7 @@ HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 
 def confusion(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Counts and rates at one threshold (predicted positive when score >= threshold)."""
-    y_true, predicted = np.asarray(y_true).astype(bool), np.asarray(scores) >= threshold
+    y_true, predicted = np.asarray(y_true).astype(bool), decide(scores, threshold)
     tp, fp = int((predicted & y_true).sum()), int((predicted & ~y_true).sum())
     fn, tn = int((~predicted & y_true).sum()), int((~predicted & ~y_true).sum())
     return {
@@ -74,9 +76,15 @@ def confusion(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
 
 def pick_threshold(y_true: np.ndarray, scores: np.ndarray, target: str) -> float:
     """A threshold meeting `target`: 'min_recall=R' (the highest that keeps recall >= R),
-    'max_fpr=F' (the lowest that keeps the false-positive rate <= F) or 'f1' (best F1)."""
+    'max_fpr=F' (the lowest that keeps the false-positive rate <= F) or 'f1' (best F1).
+
+    The threshold returned lies halfway between the chosen score and the next lower one, not on a score: it
+    decides every text of this set as the chosen score does, and a score that moves by rounding noise (another
+    batch, another machine's kernels) does not flip its decision."""
     y_true = np.asarray(y_true).astype(bool)
-    candidates = np.unique(np.asarray(scores, dtype=np.float64))[::-1]  # high to low
+    distinct = np.unique(np.asarray(scores, dtype=np.float64))[::-1]  # high to low
+    lower = np.r_[distinct[1:], distinct[-1] - max(1e-6, abs(distinct[-1]) * 1e-3)]
+    candidates = (distinct + lower) / 2  # each keeps exactly the scores >= its `distinct` as positives
     kind, _, value = target.partition("=")
     rows = [confusion(y_true, scores, t) for t in candidates]
     if kind == "min_recall":

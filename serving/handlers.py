@@ -21,6 +21,7 @@ from sagemaker_inference import parameters as sm
 
 from serving import codecs
 from serving.errors import BadRequest, ModelLoadError, NotAcceptable
+from serving.results import dumps
 from serving.service import Classification, InferenceService, RequestOptions, parse_custom_attributes
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def default_output_fn(prediction: Any, accept: str) -> tuple[bytes, str]:
             raise NotAcceptable("the huggingface schema answers application/json only")
         answer = codecs.huggingface_output(results, prediction.request.single, options.top_k,
                                            options.return_all_scores)
-        return json.dumps(answer).encode(), codecs.JSON
+        return dumps(answer), codecs.JSON
     return codecs.ENCODERS[accept](results, prediction.labels), accept
 
 
