@@ -40,6 +40,17 @@ class ModelState:
     def ready(self) -> bool:
         return self.handler is not None and (self.service is None or self.service.alive)
 
+    @property
+    def why_not_ready(self) -> str:
+        if self.error:
+            return f"model failed to load: {self.error}"
+        service = self.service
+        if service is not None and service.device_failure:
+            return f"device failed: {service.device_failure}; the worker is being replaced"
+        if service is not None:
+            return "the server is shutting down"
+        return "model is loading"
+
     def load(self, build: Callable[[], Handler]) -> None:
         started = time.monotonic()
         try:
@@ -78,7 +89,7 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     def ping():
         if state.ready:
             return Response(status=200)
-        raise NotReady(f"model failed to load: {state.error}" if state.error else "model is loading")
+        raise NotReady(state.why_not_ready)
 
     @app.route("/execution-parameters", methods=["GET"])
     def execution_parameters():
@@ -99,7 +110,7 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
         accept = codecs.choose_accept(request.headers.get("Accept"))
         body = request.get_data(cache=False)
         if not state.ready or state.handler is None:
-            raise NotReady("model is not ready")
+            raise NotReady(state.why_not_ready)
         reply = state.handler.invoke(body, request.headers.get("Content-Type") or codecs.JSON, accept,
                                      request.headers.get(CUSTOM_ATTRIBUTES))
         return Response(reply.body, content_type=reply.content_type, headers=reply.headers)

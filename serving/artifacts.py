@@ -114,9 +114,13 @@ def choose_backend(model_dir: Path, device: str) -> tuple[str, str, str]:
 
 def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
-    backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "fp32",
+    backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "auto",
+    provider: str = "cuda", cache_dir: str = "",
 ) -> Classifier:
-    """Resolve, detect and load: the one call the CLI and the server make."""
+    """Resolve, detect and load: the one call the CLI and the server make.
+
+    On a GPU, reduced precision is checked where it runs: torch `dtype` auto and an ONNX fp16 graph are served
+    only when their scores agree with fp32 on the same device (serving.precision), else fp32 with the reason."""
     model_dir = resolve_model_dir(path)
     family = detect_family(model_dir)
     if backend == "auto":
@@ -129,15 +133,32 @@ def load_classifier(
         if stale is not None:
             log.warning("ONNX %s asked for although %s; serving it as asked", variant, stale)
     log.info("loading %s model from %s on %s with %s", family, model_dir, device, backend)
+    on_gpu = device.startswith("cuda")
     if backend == "onnx":
         from serving.models.onnx_runtime import OnnxRNNClassifier, OnnxRobertaClassifier
 
         runtime = OnnxRNNClassifier if family == "rnn" else OnnxRobertaClassifier
-        return runtime(model_dir, device=device, max_length=max_length, variant=variant, threads=threads)
+
+        def load_onnx(chosen: str) -> Classifier:
+            return runtime(model_dir, device=device, max_length=max_length, variant=chosen, threads=threads,
+                           provider=provider, cache_dir=cache_dir)
+
+        if on_gpu and variant == "fp16":
+            from serving.precision import choose_half_or_full
+
+            return choose_half_or_full(load_onnx, "fp16", "fp32", f"ONNX on {device}")
+        return load_onnx(variant)
     if family == "rnn":
         from serving.models.rnn import RNNClassifier
 
         return RNNClassifier(model_dir, device=device, max_length=max_length)
     from serving.models.roberta import RobertaClassifier
 
-    return RobertaClassifier(model_dir, device=device, max_length=max_length, dtype=dtype)
+    def load_torch(chosen: str) -> Classifier:
+        return RobertaClassifier(model_dir, device=device, max_length=max_length, dtype=chosen)
+
+    if dtype == "auto" and on_gpu:
+        from serving.precision import choose_half_or_full
+
+        return choose_half_or_full(load_torch, "fp16", "fp32", f"torch on {device}")
+    return load_torch("fp32" if dtype == "auto" else dtype)

@@ -165,6 +165,7 @@ class Batcher:
         self._busy = False  # a batch is running, in the loop or inline
         self._cond = threading.Condition()
         self._stopping = False
+        self._failure: Exception | None = None  # set by fail(): what every later submit raises
         self._thread = threading.Thread(target=self._loop, name="inference-loop", daemon=True)
 
     def start(self) -> Batcher:
@@ -188,6 +189,8 @@ class Batcher:
         request = _Request(future, np.zeros((len(encoded), self.num_labels), np.float32), len(encoded),
                            time.monotonic() + timeout_s)
         with self._cond:
+            if self._failure is not None:
+                raise self._failure
             if self._stopping or not self._thread.is_alive():
                 raise NotReady("the server is shutting down")
             if len(self._waiting) + len(encoded) > self.max_queue_texts:
@@ -227,6 +230,17 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
+
+    def fail(self, error: Exception) -> None:
+        """Give up for good (the device is lost): settle every queued text's request with `error`, raise it
+        on every later submit, and end the loop. A batch already running settles its own requests."""
+        with self._cond:
+            self._failure = error
+            self._stopping = True
+            waiting, self._waiting = self._waiting, []
+            self._cond.notify_all()
+        for item in waiting:
+            _settle(item.request.future, error=error)
 
     def _loop(self) -> None:
         while True:

@@ -20,18 +20,29 @@ class Settings:
     model_dir: str | None = field(default=None, metadata={"help": "model folder or model.tar.gz"})
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
     port: int = field(default=8080, metadata={"help": "port (SAGEMAKER_BIND_TO_PORT)"})
-    workers: int = field(default=0, metadata={"help": "worker processes, 0 = one per GPU, or one per core "
-                                                      "on CPU (SAGEMAKER_MODEL_SERVER_WORKERS)"})
+    workers: int = field(default=0, metadata={"help": "worker processes, 0 = workers_per_gpu on each GPU, or one "
+                                                      "per core on CPU; spread evenly over the GPUs "
+                                                      "(SAGEMAKER_MODEL_SERVER_WORKERS)"})
+    workers_per_gpu: int = field(default=1, metadata={"help": "workers (each its own model copy) per GPU when "
+                                                              "workers is 0"})
     threads: int = field(default=128, metadata={"help": "request threads per worker (in-flight requests)"})
     timeout_s: int = field(default=60, metadata={"help": "request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
     max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (every visible GPU, else the CPU), cpu, cuda (every visible GPU) or cuda:N (that one); "
+                "CUDA_VISIBLE_DEVICES, indices or UUIDs, is the set of GPUs visible"})
     backend: str = field(default="auto", metadata={
         "help": "auto (ONNX Runtime fp32 on CPU when the folder has a current export, else torch), torch, or onnx "
                 "(ONNX Runtime over onnx/ in the folder, any variant)"})
-    torch_dtype: str = field(default="fp32", metadata={"help": "fp32, fp16 or bf16 weights, with backend torch"})
+    torch_dtype: str = field(default="auto", metadata={
+        "help": "auto (GPU: fp16 when its scores agree with fp32 at start-up, else fp32; CPU: fp32), fp32, fp16 or "
+                "bf16 (compute capability 8.0+), with backend torch"})
     onnx_variant: str = field(default="fp32", metadata={"help": "fp32, fp16 (GPU) or int8 (CPU), with backend onnx "
                                                                 "(auto uses fp32 only)"})
+    onnx_provider: str = field(default="cuda", metadata={
+        "help": "ONNX Runtime on a GPU: cuda, or tensorrt (engines built at warm-up, cached in onnx_cache_dir)"})
+    onnx_cache_dir: str = field(default="", metadata={
+        "help": "writable folder for TensorRT engine and timing caches, '' = a folder under the temp dir"})
     torch_threads: int = field(default=0, metadata={"help": "intra-op threads per worker, 0 = cores / workers"})
     max_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
     max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
@@ -59,8 +70,15 @@ class Settings:
             raise ValueError(f"max_batch_padding must be -1 (auto) or within 0-1, got {self.max_batch_padding}")
         if self.backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, got {self.backend!r}")
-        if self.torch_dtype not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"torch_dtype must be fp32, fp16 or bf16, got {self.torch_dtype!r}")
+        if self.torch_dtype not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"torch_dtype must be auto, fp32, fp16 or bf16, got {self.torch_dtype!r}")
+        if self.onnx_provider not in ("cuda", "tensorrt"):
+            raise ValueError(f"onnx_provider must be cuda or tensorrt, got {self.onnx_provider!r}")
+        if self.workers_per_gpu < 1:
+            raise ValueError(f"workers_per_gpu must be at least 1, got {self.workers_per_gpu}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+                and self.device[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.onnx_variant not in ("fp32", "fp16", "int8"):
             raise ValueError(f"onnx_variant must be fp32, fp16 or int8, got {self.onnx_variant!r}")
         if self.batching not in ("dynamic", "none"):

@@ -1,12 +1,27 @@
-"""Choosing the torch device and thread layout for this process."""
+"""The torch device and threads of this process, and what a device error means: retry smaller, or give up."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+# Markers of a CUDA error that poisons the process's context (every later call fails the same way), as torch
+# and ONNX Runtime word them. Out-of-memory is not among them: it passes once the batch is smaller.
+FATAL_DEVICE_ERRORS = (
+    "CUDA error", "CUDA failure", "CUDNN_STATUS", "CUBLAS_STATUS", "cudaError", "device-side assert",
+    "illegal memory access", "illegal instruction", "unspecified launch failure", "uncorrectable ECC",
+    "misaligned address", "CUDA driver", "NVRTC",
+)
+OUT_OF_MEMORY = ("out of memory", "Failed to allocate memory", "CUDNN_STATUS_ALLOC_FAILED",
+                 "CUBLAS_STATUS_ALLOC_FAILED")
+GPU_WORKER_THREADS = 2  # a GPU worker's host threads do little but pad and copy; more only contend with requests
 
 
 def pick_device(requested: str = "auto") -> str:
-    """'auto' is the first CUDA device when one is present, else the CPU; anything else is taken as given."""
+    """'auto' is the first CUDA device when one is present, else the CPU; anything else is taken as given.
+
+    Called in a worker, never in the process that forks them (see serving.gpus)."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -14,26 +29,54 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failed (torch's OutOfMemoryError, or ONNX Runtime's allocator on CUDA)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return _from_runtime(exc) and any(marker in str(exc) for marker in OUT_OF_MEMORY)
+
+
+def _from_runtime(exc: BaseException) -> bool:
+    """Raised by torch (RuntimeError and its subclasses) or ONNX Runtime (its own Exception subclasses)."""
+    return isinstance(exc, (RuntimeError, MemoryError)) or type(exc).__module__.startswith("onnxruntime")
+
+
+def fatal_device_error(exc: BaseException) -> str | None:
+    """The reason, when `exc` is a device error that leaves this process's CUDA context unusable; else None."""
+    if is_out_of_memory(exc):
+        return None
+    message = str(exc)
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if (accelerator_error is not None and isinstance(exc, accelerator_error)) or (
+            _from_runtime(exc) and any(marker in message for marker in FATAL_DEVICE_ERRORS)):
+        return f"{type(exc).__name__}: {message.strip().splitlines()[0][:300] if message.strip() else ''}"
+    return None
+
+
 def predict_splitting_on_oom(predict, batch: list):
-    """Run `predict(batch)`; on CUDA out-of-memory, free the cache and retry each half instead of failing."""
+    """Run `predict(batch)`; on device out-of-memory (torch or ONNX Runtime), free torch's cache and retry each
+    half instead of failing."""
     import numpy as np
 
     try:
         return predict(batch)
-    except torch.cuda.OutOfMemoryError:
-        if len(batch) == 1:
+    except Exception as exc:
+        if len(batch) == 1 or not is_out_of_memory(exc):
             raise
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-        half = len(batch) // 2
-        return np.concatenate([predict_splitting_on_oom(predict, batch[:half]),
-                               predict_splitting_on_oom(predict, batch[half:])])
+    half = len(batch) // 2
+    return np.concatenate([predict_splitting_on_oom(predict, batch[:half]),
+                           predict_splitting_on_oom(predict, batch[half:])])
 
 
-def set_torch_threads(threads: int, workers: int) -> int:
-    """Intra-op threads for this worker: `threads`, or this machine's cores shared among the workers."""
-    import os
-
-    count = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+def set_torch_threads(threads: int, workers: int, device: str = "cpu") -> int:
+    """Intra-op threads for this worker: `threads`, else on CPU this machine's cores shared among the workers,
+    on a GPU GPU_WORKER_THREADS."""
+    if device.startswith("cuda"):
+        count = threads or GPU_WORKER_THREADS
+    else:
+        count = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     torch.set_num_threads(count)
     return count
 

@@ -56,6 +56,13 @@ class NotReady(ServingError):
     code = "not_ready"
 
 
+class DeviceFailed(ServingError):
+    """The accelerator hit an error that poisons this process's CUDA context; the worker is being replaced."""
+
+    status = 503
+    code = "device_failed"
+
+
 class RequestTimeout(ServingError):
     status = 504
     code = "timeout"

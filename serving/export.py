@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from serving.classifier import Classifier
@@ -22,6 +21,7 @@ from serving.models.onnx_runtime import (
     onnx_path,
     weights_digest,
 )
+from serving.precision import agreement
 
 OPSET = 17
 # (max |score diff|, share of label decisions at 0.5 that must agree) per variant
@@ -95,12 +95,10 @@ def _convert_fp16(fp32: Path, out: Path) -> None:
 
 def check_parity(reference: Classifier, candidate: Classifier, texts: Sequence[str], variant: str) -> Parity:
     started = time.perf_counter()
-    expected, got = reference.predict(texts), candidate.predict(texts)
-    max_diff = float(np.abs(expected - got).max())
-    agree = float(((expected >= 0.5) == (got >= 0.5)).mean())
-    limit, min_agree = TOLERANCES[variant]
-    passed = agree >= min_agree and (limit is None or max_diff <= limit)
-    return Parity(variant, max_diff, agree, len(texts), round(time.perf_counter() - started, 2), passed)
+    found = agreement(reference.predict(texts), candidate.predict(texts))
+    passed = found.within(*TOLERANCES[variant])
+    return Parity(variant, found.max_abs_diff, found.decisions_agree, len(texts),
+                  round(time.perf_counter() - started, 2), passed)
 
 
 def export(model_dir: Path, variants: Sequence[str], texts: Sequence[str], force: bool = False,

@@ -31,6 +31,8 @@ batch_tokens = Histogram(f"{PREFIX}batch_padded_tokens", "Padded tokens per forw
 queue_depth = Gauge(f"{PREFIX}queue_texts", "Texts waiting for a batch", multiprocess_mode="livesum")
 truncated_texts = Counter(f"{PREFIX}truncated_texts_total", "Texts truncated to the model's limit")
 texts = Counter(f"{PREFIX}texts_total", "Texts scored")
+device_failures = Counter(f"{PREFIX}device_failures_total",
+                          "CUDA errors that made a worker give up its device (it is then replaced)")
 model_load_seconds = Gauge(f"{PREFIX}model_load_seconds", "Model load and warm-up time", multiprocess_mode="max")
 
 

@@ -1,19 +1,30 @@
-"""`serve`: gunicorn (gthread) running the Flask app; one worker per GPU, the model loaded after fork."""
+"""`serve`: gunicorn (gthread) running the Flask app; workers pinned to GPUs, the model loaded after fork.
+
+The master never initialises CUDA (serving.gpus asks a spawned child), so forked workers can.
+"""
 
 from __future__ import annotations
 
 import logging
 import logging.config
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from serving.config import Settings
+from serving.device import GPU_WORKER_THREADS
+from serving.gpus import VISIBLE_ENV, Gpu, check_dtype, discover, next_slot
 
 log = logging.getLogger(__name__)
+
+# Not imported from serving.metrics: prometheus_client picks its multiprocess mode when first imported, which
+# must happen in the workers, after this variable is set.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LOG_CONFIG = {
     "version": 1,
@@ -42,22 +53,16 @@ class AppAccessLogOnly(Logger):
         return None
 
 
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 class Server(BaseApplication):
     """gunicorn configured from Settings; each worker builds its own app, service and model."""
 
-    def __init__(self, settings: Settings, model_dir: Path, gpus: int) -> None:
+    def __init__(self, settings: Settings, model_dir: Path, gpus: list[Gpu]) -> None:
         self.settings = settings
         self.model_dir = model_dir
         self.gpus = gpus
         # CPU: one single-threaded worker per core measured faster than one worker with a thread per core
         # (the GIL caps one process near 550 req/s; OpenMP teams off the main thread lose 25-50%).
-        self.workers = settings.workers or gpus or (os.cpu_count() or 1)
+        self.workers = settings.workers or len(gpus) * settings.workers_per_gpu or (os.cpu_count() or 1)
         super().__init__()
 
     def load_config(self) -> None:
@@ -88,14 +93,17 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def pre_fork(self, server, worker) -> None:
-        """Give the new worker a GPU no live worker holds (in the master, before fork)."""
+        """Give the new worker the GPU the fewest live workers hold (in the master, before fork)."""
         if self.gpus:
-            taken = {getattr(w, "gpu_index", None) for w in server.WORKERS.values()}
-            worker.gpu_index = next((i for i in range(self.gpus) if i not in taken), 0)
+            in_use = [w.gpu_slot for w in server.WORKERS.values() if hasattr(w, "gpu_slot")]
+            worker.gpu_slot = next_slot(in_use, len(self.gpus))
 
     def post_fork(self, server, worker) -> None:
+        """Pin the worker to its GPU by the host's own name for it (an index or a UUID)."""
         if self.gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(worker.gpu_index)
+            gpu = self.gpus[worker.gpu_slot]
+            os.environ[VISIBLE_ENV] = gpu.visible_id
+            log.info("worker %d pinned: %s=%s (%s)", os.getpid(), VISIBLE_ENV, os.environ[VISIBLE_ENV], gpu.name)
 
     def worker_exit(self, server, worker) -> None:
         """After gunicorn's graceful drain: let the batcher finish what it holds."""
@@ -107,14 +115,14 @@ class Server(BaseApplication):
     def load(self):
         from serving.app import create_app
         from serving.artifacts import load_classifier
-        from serving.device import pick_device, set_torch_threads
+        from serving.device import set_torch_threads
         from serving.handlers import Handler, load_user_module
         from serving.metrics import observe_batch
         from serving.service import InferenceService
 
         s = self.settings
-        device = pick_device(s.device)
-        threads = set_torch_threads(s.torch_threads, self.workers) if device == "cpu" else 1
+        device = "cuda" if self.gpus else "cpu"  # a GPU worker sees only its own GPU, as device 0
+        threads = set_torch_threads(s.torch_threads, self.workers, device)
 
         def build() -> Handler:
             user_module = load_user_module(self.model_dir)
@@ -123,8 +131,10 @@ class Server(BaseApplication):
                 return Handler(model_fn(str(self.model_dir)), user_module)
             classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None,
                                          backend=s.backend, variant=s.onnx_variant, threads=threads,
-                                         dtype=s.torch_dtype)
-            return Handler(InferenceService(classifier, s, self.model_dir, on_batch=observe_batch), user_module)
+                                         dtype=s.torch_dtype, provider=s.onnx_provider, cache_dir=s.onnx_cache_dir)
+            service = InferenceService(classifier, s, self.model_dir, on_batch=observe_batch,
+                                       on_device_failure=replace_this_worker)
+            return Handler(service, user_module)
 
         return create_app(s, build_handler=build, load_in_background=False)
 
@@ -132,19 +142,48 @@ class Server(BaseApplication):
 def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(worker.pid)
 
 
+def replace_this_worker(reason: str) -> None:
+    """A worker whose CUDA context is poisoned exits (gracefully: its in-flight requests get their 503s) and
+    gunicorn starts a fresh one with a new context; a SIGTERM to itself is gunicorn's graceful worker exit."""
+    log.error("worker %d exits so that gunicorn replaces it: %s", os.getpid(), reason)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+
+def fresh_metrics_dir() -> None:
+    """Prometheus multiprocess files from an earlier run (a restarted container) would be summed into ours."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="toxserve-metrics-")
+        return
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
 def run(settings: Settings) -> None:
-    """Check the model folder, then hand over to gunicorn (which exits 0 after a SIGTERM drain)."""
+    """Check the model folder and the GPUs, then hand over to gunicorn (which exits 0 after a SIGTERM drain)."""
     from serving.artifacts import detect_family, resolve_model_dir
 
     logging.config.dictConfig(LOG_CONFIG)
     model_dir = resolve_model_dir(settings.model_dir)
     family = detect_family(model_dir)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="toxserve-metrics-"))
-    gpus = gpu_count() if settings.device in ("auto", "cuda") else 0
+    fresh_metrics_dir()
+    try:
+        gpus = discover(settings.device)
+    except RuntimeError as exc:
+        raise ValueError(f"could not list the GPUs: {exc}") from exc
+    check_dtype(settings.torch_dtype, gpus)
+    server = Server(settings, model_dir, gpus)
     log.info("serving %s model from %s with settings %s", family, model_dir, settings.describe())
-    Server(settings, model_dir, gpus).run()
+    if gpus:
+        log.info("layout: %d worker(s) over %d GPU(s), %d torch thread(s) each: %s", server.workers, len(gpus),
+                 settings.torch_threads or GPU_WORKER_THREADS, "; ".join(g.describe() for g in gpus))
+    else:
+        log.info("layout: %d CPU worker(s)", server.workers)
+    server.run()
 

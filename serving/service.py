@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from serving import metrics
 from serving.batching import BatchedResult, Batcher, PaddingRule
 from serving.classifier import Classifier, EncodedText
 from serving.config import Settings
-from serving.errors import BadRequest, RequestTimeout, UnprocessableInput
+from serving.errors import BadRequest, DeviceFailed, RequestTimeout, UnprocessableInput
 from serving.results import text_results
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,11 @@ class InferenceService:
     """A loaded classifier behind a dynamic batcher."""
 
     def __init__(self, classifier: Classifier, settings: Settings, model_dir: Path | None = None,
-                 on_batch=None) -> None:
+                 on_batch=None, on_device_failure: Callable[[str], None] | None = None) -> None:
         self.classifier = classifier
+        self.device_failure: str | None = None  # why the device was given up, once it has been
+        self._on_device_failure = on_device_failure
+        self._failure_lock = threading.Lock()
         self.timeout_s = settings.timeout_s
         self.thresholds = read_thresholds(model_dir, classifier.labels)
         self.batching = settings.batching == "dynamic"
@@ -128,12 +132,35 @@ class InferenceService:
 
     @property
     def alive(self) -> bool:
-        return self.batcher.alive
+        return self.device_failure is None and self.batcher.alive
 
     def _run_batch(self, batch: list[EncodedText]):
-        from serving.device import predict_splitting_on_oom
+        from serving.device import fatal_device_error, predict_splitting_on_oom
 
-        return predict_splitting_on_oom(self.classifier.predict_encoded, batch)
+        try:
+            return predict_splitting_on_oom(self.classifier.predict_encoded, batch)
+        except Exception as exc:
+            reason = fatal_device_error(exc)
+            if reason is None:
+                raise
+            self._give_up_device(reason)
+            raise self._device_failed_error() from exc
+
+    def _device_failed_error(self) -> DeviceFailed:
+        return DeviceFailed(f"the device failed ({self.device_failure}); this worker is being replaced, retry")
+
+    def _give_up_device(self, reason: str) -> None:
+        """After an error that poisons the CUDA context every later batch would fail the same way: answer 503
+        (queued requests too), let /ping say so, count it, and have the worker replaced (on_device_failure)."""
+        with self._failure_lock:
+            if self.device_failure is not None:
+                return
+            self.device_failure = reason
+        log.error("device failed, giving it up: %s", reason)
+        metrics.device_failures.inc()
+        self.batcher.fail(self._device_failed_error())
+        if self._on_device_failure is not None:
+            self._on_device_failure(reason)
 
     def warmup(self) -> None:
         """Real forwards at each length bucket the server can see, through the batcher, before /ping says

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.classifier import EncodedText, Scores, logits_to_scores
@@ -56,30 +57,98 @@ def stale_export_reason(model_dir: Path, variant: str = "fp32") -> str | None:
     return None
 
 
-def open_session(path: Path, device: str, threads: int):
-    """An InferenceSession on CUDA (TensorRT first when installed) or the CPU with `threads` intra-op threads."""
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """The input shapes a session must serve: TensorRT builds one engine over them (optimisation profile)."""
+
+    inputs: tuple[str, ...]
+    max_batch: int
+    max_length: int
+    opt_batch: int = 8
+    opt_length: int = 128
+
+    def profile(self, batch: int, length: int) -> str:
+        return ",".join(f"{name}:{batch}" if name == "lengths" else f"{name}:{batch}x{length}" for name in self.inputs)
+
+
+def provider_list(device: str, provider: str, cache_dir: Path, shapes: ShapeRange | None) -> list:
+    """ONNX Runtime providers for `device`: the one asked for, then the CPU for the ops it lacks; TensorRT only
+    when asked, with engine and timing caches in `cache_dir` and a profile covering every batch and length,
+    so engines are built once (at warm-up, or read from the cache) and never on the request path."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    device_id = int(device.partition(":")[2] or 0)
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if provider != "tensorrt":
+        return [cuda, "CPUExecutionProvider"]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    options: dict = {"device_id": device_id, "trt_engine_cache_enable": True,
+                     "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True,
+                     "trt_timing_cache_path": str(cache_dir), "trt_fp16_enable": True}
+    if shapes is not None:
+        options.update(trt_profile_min_shapes=shapes.profile(1, 1),
+                       trt_profile_opt_shapes=shapes.profile(min(shapes.opt_batch, shapes.max_batch),
+                                                             min(shapes.opt_length, shapes.max_length)),
+                       trt_profile_max_shapes=shapes.profile(shapes.max_batch, shapes.max_length))
+    return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
+
+
+def provider_name(entry: str | tuple) -> str:
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+def verify_providers(session, asked: list) -> None:
+    """The session runs on the accelerator asked for, or the load fails: ONNX Runtime falls back to the CPU
+    silently when a provider cannot start (a CUDA or cuDNN library it needs is missing or of another version)."""
+    wanted = provider_name(asked[0])
+    got = session.get_providers()
+    if wanted not in got:
+        raise ModelLoadError(
+            f"{wanted} was asked for but the ONNX Runtime session got {got}: the provider failed to start (ONNX "
+            "Runtime logged why above; usually a CUDA, cuDNN or TensorRT library missing or of another version "
+            "than this onnxruntime-gpu build needs)")
+
+
+def open_session(path: Path, device: str, threads: int, provider: str = "cuda", cache_dir: Path | None = None,
+                 shapes: ShapeRange | None = None):
+    """An InferenceSession on CUDA (or TensorRT, when asked) or the CPU with `threads` intra-op threads; a load
+    error when the accelerator asked for is not what the session got."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise ModelLoadError("backend onnx needs onnxruntime (CPU) or onnxruntime-gpu installed") from exc
     if not path.is_file():
         raise ModelLoadError(f"{path}: ONNX variant missing; run `toxserve export --model-dir {path.parent.parent}`")
+    providers = provider_list(device, provider, cache_dir or default_cache_dir(path), shapes)
     available = ort.get_available_providers()
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in available:
-            raise ModelLoadError(f"device {device} asked for, but onnxruntime has no CUDA provider ({available})")
-        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-        providers = [p for p in wanted if p in available]
-    else:
-        providers = ["CPUExecutionProvider"]
+    if provider_name(providers[0]) not in available:
+        raise ModelLoadError(f"device {device} asked for {provider_name(providers[0])}, but this onnxruntime build has "
+                             f"only {available} (install onnxruntime-gpu, the build the GPU image pins)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
         raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+    verify_providers(session, providers)
+    return session
+
+
+def default_cache_dir(graph: Path) -> Path:
+    """A writable folder per graph (the model folder may be read-only, as /opt/ml/model is)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "toxserve-trt" / f"{graph.stem}-{_sha256_prefix(graph)}"
+
+
+def _sha256_prefix(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def run_session(session, feeds: dict, device: str):
@@ -97,14 +166,21 @@ def run_session(session, feeds: dict, device: str):
 class OnnxSession:
     """Mixed in before a family's text side: opens the variant's graph (or a staged `graph`) after it."""
 
+    inputs: tuple[str, ...] = ()
+    max_length: int
+
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
-                 variant: str = "fp32", threads: int = 1, graph: Path | None = None) -> None:
+                 variant: str = "fp32", threads: int = 1, graph: Path | None = None, provider: str = "cuda",
+                 cache_dir: str = "", max_batch_size: int = 256) -> None:
         super().__init__(model_dir, device, max_length)  # type: ignore[call-arg]
         self.variant = variant
-        self.session = open_session(graph or onnx_path(model_dir, variant), device, threads)
+        shapes = ShapeRange(self.inputs, max_batch_size, self.max_length)
+        self.session = open_session(graph or onnx_path(model_dir, variant), device, threads, provider,
+                                    Path(cache_dir) if cache_dir else None, shapes)
 
 
 class OnnxRobertaClassifier(OnnxSession, RobertaText):
+    inputs = ("input_ids", "attention_mask")
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         input_ids, attention_mask = self.pad(batch)
@@ -113,6 +189,7 @@ class OnnxRobertaClassifier(OnnxSession, RobertaText):
 
 
 class OnnxRNNClassifier(OnnxSession, RNNText):
+    inputs = ("embeddings", "lengths")
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
         embeddings, lengths = self.embed_numpy(batch)

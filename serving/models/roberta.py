@@ -165,6 +165,11 @@ class RobertaClassifier(RobertaText):
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
                  dtype: str = "fp32") -> None:
         super().__init__(model_dir, device, max_length)
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        if dtype == "bf16" and device.startswith("cuda"):
+            _check_bf16(device)
+        self.dtype = dtype
         self.config._attn_implementation = "sdpa"
         self.pad_multiple = 8 if device.startswith("cuda") else 1
         self.model = RoBERToxForSequenceClassification(self.config)
@@ -187,6 +192,16 @@ class RobertaClassifier(RobertaText):
                 attention_mask=torch.from_numpy(attention_mask).to(self.device),
             ).logits
         return logits_to_scores(logits.float().cpu().numpy(), self.problem_type)
+
+
+def _check_bf16(device: str) -> None:
+    """bf16 is emulated, slowly and with other numbers, below compute capability 8.0 (T4, V100): refuse it."""
+    from serving.gpus import BF16_MIN_CAPABILITY
+
+    capability = torch.cuda.get_device_capability(device)
+    if capability < BF16_MIN_CAPABILITY:
+        raise ModelLoadError(f"dtype bf16 needs compute capability 8.0 or newer; {torch.cuda.get_device_name(device)} "
+                             f"has {capability[0]}.{capability[1]} (use fp16 or auto)")
 
 
 def _read_config(model_dir: Path) -> RobertaConfig:

@@ -124,7 +124,8 @@ def test_evaluating_a_running_endpoint_reports_the_figures_of_its_exact_scores(r
             assert live[label]["auc"] == pytest.approx(expected[label]["auc"], abs=1e-12)
             assert live[label]["ap"] == pytest.approx(expected[label]["ap"], abs=1e-12)
             counts = ("threshold", "tp", "fp", "fn", "tn")
-            assert [live[label]["at_threshold"][k] for k in counts] == [expected[label]["at_threshold"][k] for k in counts]
+            got, wanted = live[label]["at_threshold"], expected[label]["at_threshold"]
+            assert [got[k] for k in counts] == [wanted[k] for k in counts]
 
 
 def test_warnings_for_few_positives_perfect_auc_and_no_separation():

@@ -1,0 +1,119 @@
+"""Which GPUs this host gives the server, found without initialising CUDA in the process that forks workers.
+
+The gunicorn master forks its workers; a master that has initialised CUDA (as `torch.cuda.is_available()` does
+unless NVML answers) leaves every forked worker unable to use it ("Cannot re-initialize CUDA in forked
+subprocess"). So the master asks a spawned child, which may initialise CUDA freely and then exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: T4 (7.5, ml.g4dn) and V100 (7.0, ml.p3) have no bf16 tensor cores
+PROBE_TIMEOUT_S = 120
+PROBE = """
+import json, torch
+devices = []
+if torch.cuda.is_available():
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        devices.append({"name": p.name, "capability": [p.major, p.minor], "memory_bytes": p.total_memory})
+print(json.dumps(devices))
+"""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as a worker will see it: `visible_id` is its CUDA_VISIBLE_DEVICES entry (an index or a UUID)."""
+
+    visible_id: str
+    name: str
+    capability: tuple[int, int]
+    memory_bytes: int
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.capability >= BF16_MIN_CAPABILITY
+
+    def describe(self) -> str:
+        major, minor = self.capability
+        return f"{self.name} (CUDA_VISIBLE_DEVICES={self.visible_id}, compute {major}.{minor}, " \
+               f"{self.memory_bytes / 2**30:.0f} GiB)"
+
+
+def visible_ids(count: int, env: dict | os._Environ = os.environ) -> list[str]:
+    """The host's CUDA_VISIBLE_DEVICES entries (indices or GPU UUIDs) for the `count` devices CUDA sees."""
+    raw = env.get(VISIBLE_ENV)
+    if raw is None:
+        return [str(i) for i in range(count)]
+    return [entry.strip() for entry in raw.split(",") if entry.strip()][:count]
+
+
+def probe(env: dict | None = None) -> list[dict]:
+    """The visible devices as a spawned child reports them ([] without CUDA); never touches CUDA here."""
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                              env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"the GPU probe did not answer within {PROBE_TIMEOUT_S} s") from exc
+    if done.returncode != 0:
+        raise RuntimeError(f"the GPU probe failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def discover(device: str) -> list[Gpu]:
+    """The GPUs to serve on for `device` (auto, cpu, cuda or cuda:N); [] means CPU.
+
+    auto: every visible GPU, none when there is none. cuda: every visible GPU, an error when there is none.
+    cuda:N: that one (N counts within CUDA_VISIBLE_DEVICES, as CUDA does)."""
+    if device == "cpu":
+        return []
+    import torch
+
+    if not torch.backends.cuda.is_built():
+        devices: list[dict] = []  # a CPU build of torch: nothing to ask
+    else:
+        devices = probe()
+    gpus = [Gpu(visible_id, d["name"], tuple(d["capability"]), int(d["memory_bytes"]))  # type: ignore[arg-type]
+            for visible_id, d in zip(visible_ids(len(devices)), devices, strict=False)]
+    if device == "auto":
+        return gpus
+    if not gpus:
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible "
+                         f"({VISIBLE_ENV}={os.environ.get(VISIBLE_ENV, 'unset')}, torch {torch.__version__})")
+    if device == "cuda":
+        return gpus
+    index = _device_index(device)
+    if index >= len(gpus):
+        raise ValueError(f"device {device!r} asked for, but only {len(gpus)} GPU(s) are visible")
+    return [gpus[index]]
+
+
+def _device_index(device: str) -> int:
+    prefix, _, index = device.partition(":")
+    if prefix != "cuda" or not index.isdigit():
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return int(index)
+
+
+def check_dtype(dtype: str, gpus: list[Gpu]) -> None:
+    """bf16 only where the GPU computes it natively; a clear start-up error naming the GPU otherwise."""
+    if dtype != "bf16":
+        return
+    for gpu in gpus:
+        if not gpu.supports_bf16:
+            raise ValueError(f"torch_dtype bf16 needs compute capability 8.0 or newer; {gpu.describe()} has not "
+                             "(use fp16 or auto)")
+
+
+def next_slot(slots_in_use: list[int], gpu_count: int) -> int:
+    """The GPU (index into discover()'s list) for a new worker: the one the fewest live workers hold."""
+    return min(range(gpu_count), key=lambda slot: (slots_in_use.count(slot), slot))
