@@ -1,8 +1,11 @@
-"""GPU benchmark, one command on a lent GPU machine (no network needed; under 8 minutes on one H100):
+"""The GPU check, one command for the first GPU (no network needed; about 5 minutes on one H100):
 
-roberta-base shape (random weights, demo tokenizer): torch fp32/fp16/bf16 (SDPA) and ONNX Runtime CUDA
-fp16 (TensorRT provider if present) at batch 1/8/32/128 x sequence 64/128, then the server end to end
-at concurrency 64. JSON out. The demo tokenizer must travel with the tree (carry model_artifacts/demo).
+1. parity on the device: torch fp16 and ONNX Runtime CUDA (fp32, fp16) against torch fp32 on the same GPU, for
+   the demo RoBERTox and a random-weight roberta-base shape (serving.precision's tolerance);
+2. offline seq/s at sequence length 128, batch 1..256: torch fp32/fp16/bf16 (SDPA) and ONNX Runtime CUDA;
+3. the real `serve` on the GPU (dtype auto: the start-up fp16 check decides), closed loop at concurrency 1
+   and 64 with the benchmark text mix.
+JSON out, written after each stage. The demo models must travel with the tree (carry model_artifacts/demo).
 
     python loadtest/bench_gpu.py --out $OUT/bench_gpu.json          # --device cpu --quick: a smoke run
 """
@@ -23,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from loadtest.bench_server import closed_loop_levels, random_roberta, text_mix  # noqa: E402
 
-BATCHES = (1, 8, 32, 128)
-LENGTHS = (64, 128)
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LENGTHS = (128,)
 
 
 def timed(run, seconds: float, sync) -> float:
@@ -67,13 +70,39 @@ def torch_grid(model_dir: Path, device: str, dtypes, seconds: float, batches, le
     return results
 
 
-def onnx_grid(model_dir: Path, device: str, seconds: float, batches, lengths) -> dict:
+def ensure_onnx(model_dir: Path, variants: list[str]) -> None:
     from serving.export import export
+    from serving.models.onnx_runtime import onnx_path
+
+    if not all(onnx_path(model_dir, v).exists() for v in variants):
+        export(model_dir, variants, text_mix(16), force=True)
+
+
+def parity(model_dir: Path, device: str, texts: list[str]) -> dict:
+    """Each reduced-precision or ONNX path against torch fp32 on the same device, as serve's start-up check."""
+    from serving import load_classifier
+    from serving.precision import HALF_MAX_ABS_DIFF, HALF_MIN_DECISIONS_AGREE, agreement
+
+    reference = load_classifier(model_dir, device=device, backend="torch", dtype="fp32").predict(texts)
+    results: dict = {"texts": len(texts), "tolerance": {"max_abs_diff": HALF_MAX_ABS_DIFF,
+                                                        "decisions_agree": HALF_MIN_DECISIONS_AGREE}}
+    candidates = [("torch fp16", dict(backend="torch", dtype="fp16")),
+                  ("onnx fp32", dict(backend="onnx", variant="fp32")),
+                  ("onnx fp16", dict(backend="onnx", variant="fp16"))]
+    for name, options in candidates if device.startswith("cuda") else candidates[1:2]:
+        try:
+            found = agreement(reference, load_classifier(model_dir, device=device, **options).predict(texts))
+            results[name] = {"max_abs_diff": found.max_abs_diff, "decisions_agree": found.decisions_agree}
+        except Exception as exc:  # a GPU check reports every failure and goes on
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"parity {model_dir.name} {name}: {results[name]}", flush=True)
+    return results
+
+
+def onnx_grid(model_dir: Path, device: str, seconds: float, batches, lengths) -> dict:
     from serving.models.onnx_runtime import onnx_path, open_session
 
     variant = "fp16" if device.startswith("cuda") else "fp32"
-    if not onnx_path(model_dir, variant).exists():
-        export(model_dir, ["fp32", variant] if variant != "fp32" else ["fp32"], text_mix(16), force=True)
     session = open_session(onnx_path(model_dir, variant), device, 1)
     provider = session.get_providers()[0]
     results = {"provider": provider}
@@ -87,10 +116,10 @@ def onnx_grid(model_dir: Path, device: str, seconds: float, batches, lengths) ->
     return results
 
 
-def served(model_dir: Path, device: str, extra: list[str], seconds: float, concurrency: int) -> dict:
-    flags = ["--device", device, "--max-length", "128", "--max-batch-size", "128", "--max-batch-tokens", "16384"]
-    return closed_loop_levels(model_dir, text_mix(2000), [*flags, *extra], (concurrency,), seconds,
-                              Path(tempfile.gettempdir()) / "gpu.log")[0]
+def served(model_dir: Path, device: str, seconds: float, levels: tuple[int, ...], log_path: Path) -> list[dict]:
+    flags = ["--device", device, "--max-length", "128", "--max-batch-size", "128", "--max-batch-tokens", "16384",
+             "--backend", "torch"]
+    return closed_loop_levels(model_dir, text_mix(2000), flags, levels, seconds, log_path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,22 +132,32 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     import torch
 
-    report: dict = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-                    "torch": torch.__version__}
+    on_gpu = args.device.startswith("cuda")
+    report: dict = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "torch": torch.__version__,
+                    "capability": list(torch.cuda.get_device_capability(0)) if on_gpu else None}
+    save = lambda: args.out.write_text(json.dumps(report, indent=2))  # noqa: E731
     demo = REPO / "model_artifacts" / "demo" / "roberta"
     shape = "tiny" if args.quick else "base"
     model_dir = random_roberta(shape, demo, Path(tempfile.gettempdir()) / f"gpu-bench-{shape}")
+    variants = ["fp32", "fp16"] if on_gpu else ["fp32"]
+    ensure_onnx(model_dir, variants)
+    texts = text_mix(64 if args.quick else 512)
+    report["parity"] = {"demo": parity(demo, args.device, texts), shape: parity(model_dir, args.device, texts)}
+    save()
     batches, lengths = ((1, 8), (64,)) if args.quick else (BATCHES, LENGTHS)
     seconds = 0.3 if args.quick else args.seconds
-    dtypes = ("fp32",) if not args.device.startswith("cuda") else ("fp32", "fp16", "bf16")
+    dtypes = ("fp32", "fp16", "bf16") if on_gpu and torch.cuda.get_device_capability(0) >= (8, 0) else \
+        ("fp32", "fp16") if on_gpu else ("fp32",)
     report["offline"] = torch_grid(model_dir, args.device, dtypes, seconds, batches, lengths)
     report["offline"].update(onnx_grid(model_dir, args.device, seconds, batches, lengths))
-    args.out.write_text(json.dumps(report, indent=2))
-    best = "fp16" if args.device.startswith("cuda") else "fp32"
-    report["server"] = served(model_dir, args.device, ["--torch-dtype", best], 5 if args.quick else 30,
-                              8 if args.quick else 64)
+    save()
+    log_path = args.out.with_suffix(".serve.log")
+    report["server"] = served(model_dir, args.device, 5 if args.quick else 30, (1, 8) if args.quick else (1, 64),
+                              log_path)
+    report["server_log_layout"] = [line for line in log_path.read_text().splitlines()
+                                   if "layout:" in line or "pinned:" in line or "serving fp" in line]
     report["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps(report, indent=2))
+    save()
     print(json.dumps(report["server"]), f"total {report['seconds']} s")
 
 
