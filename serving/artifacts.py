@@ -29,12 +29,19 @@ def resolve_model_dir(path: str | os.PathLike | None = None, extract_root: Path 
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
         target = Path(tempfile.mkdtemp(prefix="model-", dir=extract_root))
-        atexit.register(shutil.rmtree, target, ignore_errors=True)
+        atexit.register(_remove_when_owner_exits, target, os.getpid())
         extract_archive(path, target)
         return target
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model folder or archive")
     return path
+
+
+def _remove_when_owner_exits(folder: Path, owner_pid: int) -> None:
+    """The extracted folder lives as long as the process that extracted it (serve's master): forked workers
+    inherit this exit hook, and one that exits (replaced, recycled) must not delete its successor's model."""
+    if os.getpid() == owner_pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def extract_archive(archive: Path, target: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import requests
 
 from tests.e2e.conftest import running_server
@@ -28,12 +29,14 @@ InferenceSession.run = run
 '''
 
 
-def test_a_worker_whose_device_failed_is_replaced_and_the_endpoint_recovers(demo_dir, tmp_path):
+@pytest.mark.parametrize("model", ["rnn", "rnn.model.tar.gz"])
+def test_a_worker_whose_device_failed_is_replaced_and_the_endpoint_recovers(demo_dir, tmp_path, model):
+    """Also from a model.tar.gz: the worker that exits must not delete the extracted folder its successor loads."""
     (tmp_path / "fault").mkdir()
     (tmp_path / "fault" / "sitecustomize.py").write_text(FAULT)
     marker = tmp_path / "device-broken"
     env = {"PYTHONPATH": str(tmp_path / "fault"), "FAULT_MARKER": str(marker)}
-    with running_server(tmp_path, "--model-dir", str(demo_dir / "rnn"), "--workers", "1", env=env) as server:
+    with running_server(tmp_path, "--model-dir", str(demo_dir / model), "--workers", "1", env=env) as server:
         assert requests.post(server.url + "/invocations", json=["hello"], timeout=30).status_code == 200
         marker.touch()
         failed = requests.post(server.url + "/invocations", json=["hello"], timeout=30)

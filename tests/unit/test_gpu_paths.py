@@ -64,7 +64,8 @@ class SessionThatFellBack:
 
 
 def test_a_session_without_the_provider_asked_for_fails_the_load():
-    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider was asked for but .* got \\['CPUExecutionProvider'\\]"):
+    fell_back = r"CUDAExecutionProvider was asked for but .* got \['CPUExecutionProvider'\]"
+    with pytest.raises(ModelLoadError, match=fell_back):
         verify_providers(SessionThatFellBack(), [("CUDAExecutionProvider", {}), "CPUExecutionProvider"])
     verify_providers(SessionThatFellBack(), ["CPUExecutionProvider"])
 
