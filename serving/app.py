@@ -93,10 +93,11 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
 
     @app.route("/execution-parameters", methods=["GET"])
     def execution_parameters():
+        # SageMaker reads MaxPayloadInMB 0 as "no limit" and takes whole megabytes only: at least 1.
         return {
             "MaxConcurrentTransforms": max(1, settings.workers) * 2,
             "BatchStrategy": "MULTI_RECORD",
-            "MaxPayloadInMB": int(settings.max_payload_mb),
+            "MaxPayloadInMB": max(1, int(settings.max_payload_mb)),
         }
 
     @app.route("/metrics", methods=["GET"])

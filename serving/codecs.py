@@ -20,6 +20,9 @@ JSONLINES = "application/jsonlines"
 CSV = content_types.CSV
 TEXT = "text/plain"
 TEXT_KEYS = ("inputs", "text", "comment_text")
+# Charsets a body may name: any Python codec would do otherwise, some of them quadratic in pure Python (punycode).
+CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf-16le": "utf-16-le", "utf-16be": "utf-16-be",
+            "iso-8859-1": "latin-1", "latin-1": "latin-1", "latin1": "latin-1", "us-ascii": "ascii", "ascii": "ascii"}
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,11 @@ def decode(body: bytes, content_type: str | None) -> DecodedRequest:
             f"Content-Type {media_type!r} is not supported; use one of {', '.join(DECODERS)}"
         )
     charset = options.get("charset", "utf-8")
+    codec = CHARSETS.get(charset.strip().lower())
+    if codec is None:
+        raise UnsupportedMediaType(f"charset {charset!r} is not supported; use one of {', '.join(sorted(CHARSETS))}")
     try:
-        text = body.decode(charset)
+        text = body.decode(codec)
     except (UnicodeDecodeError, LookupError) as exc:
         raise UnprocessableInput(f"request body is not valid {charset}: {exc}") from exc
     request = decoder(text)
@@ -58,6 +64,8 @@ def _load_json(text: str, where: str = "request body"):
         return json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"{where} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest(f"{where} nests JSON too deeply") from exc
 
 
 def _text_from(value, where: str) -> str:

@@ -5,6 +5,7 @@ The master never initialises CUDA (serving.gpus asks a spawned child), so forked
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import logging.config
 import os
@@ -136,7 +137,8 @@ class Server(BaseApplication):
                                        on_device_failure=replace_this_worker)
             return Handler(service, user_module)
 
-        return create_app(s, build_handler=build, load_in_background=False)
+        # the app answers /execution-parameters with the real worker count, not the setting's 0 (= automatic)
+        return create_app(dataclasses.replace(s, workers=self.workers), build_handler=build, load_in_background=False)
 
 
 def child_exit(server, worker) -> None:

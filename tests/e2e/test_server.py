@@ -37,6 +37,14 @@ def test_served_scores_equal_offline_predict(server, demo_dir):
     np.testing.assert_allclose(scores(invoke(server.url, sample)), classifier.predict(sample), atol=1e-5)
 
 
+def test_execution_parameters_report_the_workers_that_run(server):
+    import os
+
+    workers = os.cpu_count() or 1  # serve's default on a CPU host: one worker per core
+    params = requests.get(server.url + "/execution-parameters", timeout=10).json()
+    assert params == {"MaxConcurrentTransforms": 2 * workers, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+
+
 def test_boto3_invoke_endpoint_works_unchanged(server):
     client = boto3.client(
         "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",

@@ -49,7 +49,7 @@ def test_ping_and_execution_parameters(served):
     assert client.get("/ping").status_code == 200 and client.get("/ping").data == b""
     assert client.post("/ping").status_code == 200
     params = client.get("/execution-parameters").get_json()
-    assert params["BatchStrategy"] == "MULTI_RECORD" and params["MaxPayloadInMB"] == 0
+    assert params["BatchStrategy"] == "MULTI_RECORD" and params["MaxPayloadInMB"] == 1  # 0.05 MB: SageMaker's least
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,8 @@ def test_ping_and_execution_parameters(served):
         ({"instances": TEXTS}, "application/json"),
         ({"instances": [{"text": t} for t in TEXTS]}, "application/json"),
         (TEXTS, "application/json; charset=utf-8"),
+        (json.dumps(TEXTS).encode("utf-16"), "application/json; charset=UTF-16"),
+        (json.dumps(TEXTS).encode("latin-1"), "application/json; charset=iso-8859-1"),
         ("".join(json.dumps(t) + "\n" for t in TEXTS), "application/jsonlines"),
         ("".join(json.dumps({"inputs": t}) + "\n" for t in TEXTS), "application/jsonlines"),
         ('you are a stupid idiot\r\nthanks for the great write up\r\n"i will find where you live, ""loser"""\r\n',
@@ -165,7 +167,11 @@ BAD_INPUTS = [
     ('"x"', "application/json", {"Accept": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "schema=huggingface"},
      406),
     ('"' + "x" * 60_000 + '"', "application/json", {}, 413),
-    ("x", "application/json; charset=klingon", {}, 422),
+    ("x", "application/json; charset=klingon", {}, 415),
+    ('"x"', "application/json; charset=punycode", {}, 415),
+    ("[" * 5000 + "]" * 5000, "application/json", {}, 400),
+    ('{"inputs": ' + "[" * 5000 + "]" * 5000 + "}", "application/json", {}, 400),
+    ('"ok"\n' + "[" * 5000 + "]" * 5000, "application/jsonlines", {}, 400),
 ]
 
 
