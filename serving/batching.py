@@ -180,8 +180,11 @@ class Batcher:
     def queued_texts(self) -> int:
         return len(self._waiting)
 
-    def submit(self, encoded: Sequence[EncodedText], timeout_s: float) -> Future:
-        """Queue a request's texts; the future yields a BatchedResult or the error that stopped it."""
+    def submit(self, encoded: Sequence[EncodedText], timeout_s: float, wait_for_room: bool = False) -> Future:
+        """Queue a request's texts; the future yields a BatchedResult or the error that stopped it.
+
+        A full queue answers QueueFull, or with `wait_for_room` (the later parts of a request already admitted)
+        waits for room until the deadline, then RequestTimeout."""
         future: Future = Future()
         if not encoded:
             future.set_result(BatchedResult(np.zeros((0, self.num_labels), np.float32), 0.0, 0.0))
@@ -193,6 +196,12 @@ class Batcher:
                 raise self._failure
             if self._stopping or not self._thread.is_alive():
                 raise NotReady("the server is shutting down")
+            if wait_for_room and not self._cond.wait_for(
+                    lambda: self._failure is not None or self._stopping
+                    or len(self._waiting) + len(encoded) <= self.max_queue_texts, timeout_s):
+                raise RequestTimeout("request timed out waiting for room in the queue")
+            if self._failure is not None:
+                raise self._failure
             if len(self._waiting) + len(encoded) > self.max_queue_texts:
                 raise QueueFull(
                     f"queue is full ({len(self._waiting)} texts waiting, limit {self.max_queue_texts}); retry later"
@@ -252,6 +261,8 @@ class Batcher:
                     self._cond.wait_for(lambda: len(self._waiting) >= self.max_batch_size, self.max_batch_delay_s)
                 batch = self._take_batch()
                 self._busy = bool(batch)
+                if batch:
+                    self._cond.notify_all()  # room in the queue for a request waiting to add its next part
             if batch:
                 try:
                     self._run(batch)

@@ -11,6 +11,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from serving import metrics
 from serving.batching import BatchedResult, Batcher, PaddingRule
 from serving.classifier import Classifier, EncodedText
@@ -196,12 +198,25 @@ class InferenceService:
         return Classification(results, tokenize_s, outcome.queue_s, outcome.compute_s)
 
     def _batched(self, encoded: list[EncodedText], remaining_s: float) -> BatchedResult:
-        future = self.batcher.submit(encoded, max(remaining_s, 0.0))
+        """Through the batcher; a request larger than half the queue (a batch transform's mini-batch) goes in
+        parts, the later ones waiting for room, so size alone never answers 429 and other requests keep a share."""
+        deadline = time.monotonic() + remaining_s
+        part = max(1, self.batcher.max_queue_texts // 2)
+        futures: list = []
         try:
-            return future.result(timeout=max(remaining_s, 0.0))
+            for start in range(0, len(encoded), part):
+                left = max(deadline - time.monotonic(), 0.0)
+                futures.append(self.batcher.submit(encoded[start : start + part], left, wait_for_room=start > 0))
+            results = [f.result(timeout=max(deadline - time.monotonic(), 0.0)) for f in futures]
         except FutureTimeout as exc:
-            future.cancel()
             raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
+        finally:
+            for future in futures:
+                future.cancel()  # no-op once settled; parts still queued are dropped before they cost compute
+        if len(results) == 1:
+            return results[0]
+        return BatchedResult(np.concatenate([r.scores for r in results]), max(r.queue_s for r in results),
+                             sum(r.compute_s for r in results))
 
     def stop(self, timeout_s: float) -> bool:
         return self.batcher.stop(timeout_s)

@@ -225,3 +225,21 @@ def test_ping_reports_a_dead_inference_loop(demo_dir):
     service.stop(5)
     assert client.get("/ping").status_code == 503
     assert client.post("/invocations", json=["hi"]).status_code == 503
+
+
+def test_a_request_larger_than_the_queue_is_scored_in_parts_not_refused(demo_dir):
+    """A batch transform mini-batch can exceed the queue limit; size alone never answers 429."""
+    settings = Settings(max_queue_texts=64, max_batch_size=16)
+    classifier = load_classifier(demo_dir / "rnn")
+    service = InferenceService(classifier, settings)
+    client = create_app(settings, handler=Handler(service)).test_client()
+    texts = [f"{TEXTS[i % 3]} number {i}" for i in range(1000)]
+    try:
+        response = post(client, "".join(json.dumps(t) + "\n" for t in texts), "application/jsonlines",
+                        Accept="application/jsonlines")
+        assert response.status_code == 200, response.data
+        got = [list(json.loads(line)["scores"].values()) for line in response.data.decode().splitlines()]
+        np.testing.assert_allclose(got, classifier.predict(texts), atol=1e-5)
+        assert service.batcher.queued_texts == 0
+    finally:
+        service.stop(5)

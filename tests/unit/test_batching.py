@@ -257,3 +257,49 @@ def test_inline_and_loop_batches_never_overlap_under_concurrent_load():
 def test_no_inline_path_when_a_batch_delay_is_asked_for():
     assert not Batcher(FakeModel(), 2, max_batch_size=4, max_batch_tokens=100, max_batch_delay_ms=5,
                        run_inline_when_idle=True).run_inline_when_idle
+
+
+@pytest.mark.parametrize("attempt", range(3))  # the lost wake-up this guards against depends on thread timing
+def test_a_part_waiting_for_room_is_queued_when_the_loop_takes_a_batch_with_no_further_traffic(attempt):
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_queue_texts=3, max_batch_size=3)
+    running = batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    queued = batcher.submit(texts(2, 3, 4), 10)
+    later: list = []
+    waiter = threading.Thread(target=lambda: later.append(batcher.submit(texts(5, 6), 10, wait_for_room=True)))
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive() and batcher.queued_texts == 3  # no room yet: waiting, not refused
+    model.gate.set()  # the running batch ends; the loop takes the queued one, which makes room
+    waiter.join(2)  # well before the part's own 10 s deadline: the loop must wake it
+    assert later and later[0].result(10).scores[:, 0].tolist() == [5, 6]
+    assert running.result(10) and queued.result(10).scores[:, 0].tolist() == [2, 3, 4]
+    batcher.stop()
+
+
+def test_a_part_waiting_for_room_times_out_and_a_failed_device_releases_it():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_queue_texts=1)
+    batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    batcher.submit(texts(2), 10)
+    with pytest.raises(RequestTimeout):
+        batcher.submit(texts(3), 0.05, wait_for_room=True)
+    outcome: list = []
+
+    def wait_then_record():
+        try:
+            batcher.submit(texts(3), 10, wait_for_room=True)
+        except NotReady as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_then_record)
+    waiter.start()
+    batcher.fail(NotReady("device failed"))
+    waiter.join(5)
+    assert outcome and "device failed" in str(outcome[0])
+    model.gate.set()
+    batcher.stop()
