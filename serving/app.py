@@ -16,7 +16,7 @@ from serving import codecs, metrics
 from serving.config import Settings
 from serving.errors import NotReady, ServingError
 from serving.handlers import Handler
-from serving.service import InferenceService
+from serving.service import InferenceService, request_deadline
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
@@ -83,6 +83,7 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     @app.before_request
     def start_timer() -> None:
         g.started = time.monotonic()
+        request_deadline.set(g.started + settings.timeout_s)
         g.request_id = request.headers.get("X-Amzn-RequestId") or uuid.uuid4().hex
 
     @app.route("/ping", methods=["GET", "POST"])

@@ -186,6 +186,8 @@ class Batcher:
         A full queue answers QueueFull, or with `wait_for_room` (the later parts of a request already admitted)
         waits for room until the deadline, then RequestTimeout."""
         future: Future = Future()
+        if timeout_s <= 0:  # spent before queueing (reading, tokenising): never worth a forward
+            raise RequestTimeout("request timed out before it reached the model")
         if not encoded:
             future.set_result(BatchedResult(np.zeros((0, self.num_labels), np.float32), 0.0, 0.0))
             return future

@@ -26,7 +26,9 @@ class Settings:
     workers_per_gpu: int = field(default=1, metadata={"help": "workers (each its own model copy) per GPU when "
                                                               "workers is 0"})
     threads: int = field(default=128, metadata={"help": "request threads per worker (in-flight requests)"})
-    timeout_s: int = field(default=60, metadata={"help": "request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
+    timeout_s: int = field(default=55, metadata={
+        "help": "seconds from a request's arrival to its answer, else 504; under SageMaker's own 60 s so the "
+                "client gets our error (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})
     max_payload_mb: float = field(default=6.0, metadata={"help": "request body limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"})
     device: str = field(default="auto", metadata={
         "help": "auto (every visible GPU, else the CPU), cpu, cuda (every visible GPU) or cuda:N (that one); "

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from serving.results import text_results
 log = logging.getLogger(__name__)
 
 SCHEMAS = ("serving", "huggingface")
+# When the request being served must be answered by (time.monotonic()); the app sets it on arrival, before the
+# body is read, so reading, decoding and tokenising count against the request's timeout too.
+request_deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
 WARMUP_LENGTHS = (8, 16, 32, 64, 128, 256, 512)
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -178,6 +182,7 @@ class InferenceService:
 
     def classify(self, texts: Sequence[str], options: RequestOptions) -> Classification:
         started = time.monotonic()
+        deadline = request_deadline.get() or started + self.timeout_s
         encoded = self.classifier.encode(texts)
         tokenize_s = time.monotonic() - started
         truncated = sum(e.truncated for e in encoded)
@@ -187,8 +192,10 @@ class InferenceService:
                 "tokens and truncation was turned off"
             )
         if self.batching:
-            outcome = self._batched(encoded, started + self.timeout_s - time.monotonic())
+            outcome = self._batched(encoded, deadline - time.monotonic())
         else:
+            if time.monotonic() > deadline:
+                raise RequestTimeout(f"no answer within {self.timeout_s} s")
             compute_started = time.monotonic()
             scores = self._run_batch(list(encoded))
             outcome = BatchedResult(scores, 0.0, time.monotonic() - compute_started)

@@ -227,3 +227,18 @@ def test_serve_with_nothing_given_serves_the_demo_model(demo_dir, tmp_path):
         assert len(scores(invoke(server.url, ["hello there"]))[0]) == 7
         assert f"from {demo_dir / 'roberta'}" in server.log()
         assert "backend auto: onnx" in server.log()  # the demo ships a current fp32 export; CPU serves it
+
+
+def test_the_deadline_starts_when_the_request_arrives_not_after_its_body(demo_dir, tmp_path):
+    """A body that trickles in past the timeout is answered 504 without a forward; SageMaker's own 60 s
+    limit would otherwise answer first, with its error instead of ours."""
+    def trickle():
+        yield b'{"inputs": ["hello'
+        time.sleep(1.6)
+        yield b' there"]}'
+
+    with running_server(tmp_path, "--model-dir", str(demo_dir / "rnn"), "--timeout-s", "1") as server:
+        slow = requests.post(server.url + "/invocations", data=trickle(), timeout=30,
+                             headers={"Content-Type": "application/json"})
+        assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout", slow.text
+        assert invoke(server.url, ["hello there"]).status_code == 200

@@ -127,7 +127,8 @@ def test_requests_past_their_deadline_are_dropped_before_compute():
     batcher = make(model)
     running = batcher.submit(texts(1), 10)
     model.entered.wait(5)
-    expired = batcher.submit(texts(77), timeout_s=0.0)
+    expired = batcher.submit(texts(77), timeout_s=0.001)
+    threading.Event().wait(0.01)  # its deadline passes while it waits behind the running batch
     model.gate.set()
     with pytest.raises(RequestTimeout):
         expired.result(10)
@@ -303,3 +304,13 @@ def test_a_part_waiting_for_room_times_out_and_a_failed_device_releases_it():
     assert outcome and "device failed" in str(outcome[0])
     model.gate.set()
     batcher.stop()
+
+
+def test_a_request_whose_deadline_passed_before_queueing_never_reaches_the_model_inline_or_not():
+    for inline in (False, True):
+        model = FakeModel()
+        batcher = make(model, run_inline_when_idle=inline)
+        with pytest.raises(RequestTimeout):
+            batcher.submit(texts(3), 0.0)
+        assert model.batches == [] and batcher.queued_texts == 0
+        batcher.stop()
