@@ -122,12 +122,22 @@ def choose_backend(model_dir: Path, device: str) -> tuple[str, str, str]:
 def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
     backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "auto",
-    provider: str = "cuda", cache_dir: str = "",
+    provider: str = "cuda", cache_dir: str = "", max_text_chars: int = 0, max_word_chars: int = 0,
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make.
 
     On a GPU, reduced precision is checked where it runs: torch `dtype` auto and an ONNX fp16 graph are served
-    only when their scores agree with fp32 on the same device (serving.precision), else fp32 with the reason."""
+    only when their scores agree with fp32 on the same device (serving.precision), else fp32 with the reason.
+    `max_text_chars` / `max_word_chars` (LSTM) override the input caps (0: the model's defaults)."""
+    classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir)
+    classifier.max_text_chars = max_text_chars
+    if max_word_chars and hasattr(classifier, "max_word_chars"):
+        classifier.max_word_chars = max_word_chars  # type: ignore[attr-defined]
+    return classifier
+
+
+def _load(path, device: str, max_length: int | None, backend: str, variant: str, threads: int, dtype: str,
+          provider: str, cache_dir: str) -> Classifier:
     model_dir = resolve_model_dir(path)
     family = detect_family(model_dir)
     if backend == "auto":

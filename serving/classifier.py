@@ -24,6 +24,9 @@ class EncodedText:
     truncated: bool
 
 
+CHARS_PER_UNIT = 50  # default cap on a text's characters: this many per token (or word) of the model's limit
+
+
 class Classifier(abc.ABC):
     """A loaded model: encode texts (CPU, any thread) and score batches of encoded texts."""
 
@@ -32,6 +35,18 @@ class Classifier(abc.ABC):
     problem_type: str
     max_length: int
     device: str
+    max_text_chars: int = 0  # 0: max_length x CHARS_PER_UNIT
+
+    @property
+    def text_char_limit(self) -> int:
+        """Characters of a text kept before tokenising: far beyond what `max_length` units can span in real text,
+        so only texts that would be truncated anyway are cut, and a megabyte blob costs no more than a long text."""
+        return self.max_text_chars or self.max_length * CHARS_PER_UNIT
+
+    def cut(self, texts: Sequence[str]) -> tuple[list[str], list[bool]]:
+        """The texts cut to `text_char_limit`, and which were."""
+        limit = self.text_char_limit
+        return [text[:limit] for text in texts], [len(text) > limit for text in texts]
 
     @property
     def runs_on_any_thread(self) -> bool:

@@ -57,15 +57,22 @@ class Settings:
     batching: str = field(default="dynamic", metadata={"help": "dynamic, or none: one forward per request in "
                                                                   "its own thread (the per-request baseline)"})
     max_length: int = field(default=0, metadata={"help": "truncate texts to this many tokens, 0 = model limit"})
+    max_text_chars: int = field(default=0, metadata={
+        "help": "characters of a text kept before tokenising (more: cut and reported truncated, or 422 with "
+                "truncate=false), 0 = 50 per token (or word) of the model's limit"})
+    max_word_chars: int = field(default=100, metadata={
+        "help": "LSTM: characters of one word whose n-grams are hashed (fastText hashes them all)"})
     graceful_timeout_s: int = field(default=25, metadata={"help": "drain time after SIGTERM"})
     log_level: str = field(default="info", metadata={"help": "logging level"})
 
     def __post_init__(self) -> None:
-        positive = ("port", "threads", "timeout_s", "max_batch_size", "max_batch_tokens", "max_queue_texts")
+        positive = ("port", "threads", "timeout_s", "max_batch_size", "max_batch_tokens", "max_queue_texts",
+                    "max_word_chars")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("workers", "torch_threads", "max_length", "max_batch_delay_ms", "graceful_timeout_s"):
+        for name in ("workers", "torch_threads", "max_length", "max_batch_delay_ms", "graceful_timeout_s",
+                     "max_text_chars"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not (self.max_batch_padding == -1 or 0 <= self.max_batch_padding <= 1):

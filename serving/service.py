@@ -189,7 +189,7 @@ class InferenceService:
         if truncated and not options.truncate:
             raise UnprocessableInput(
                 f"{truncated} of {len(texts)} texts exceed the model's limit of {self.classifier.max_length} "
-                "tokens and truncation was turned off"
+                f"tokens (or {self.classifier.text_char_limit} characters) and truncation was turned off"
             )
         if self.batching:
             outcome = self._batched(encoded, deadline - time.monotonic())

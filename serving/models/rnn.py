@@ -95,6 +95,9 @@ class SubwordLSTMClassifier(nn.Module):
         return self.head(outputs.gather(1, last).squeeze(1))
 
 
+MAX_WORD_CHARS = 100
+
+
 class RNNText(Classifier):
     """The text side of an LSTM folder: config, labels, word splitting and the fastText vectors."""
 
@@ -114,15 +117,22 @@ class RNNText(Classifier):
                 f"config.json says embed_size {self.config.embed_size}"
             )
 
+    max_word_chars = MAX_WORD_CHARS
+
     def split_words(self, text: str) -> list[str]:
-        return self.words.findall(text.lower() if self.config.lowercase else text)
+        """Words as the config's pattern finds them, each cut to `max_word_chars` characters: fastText itself
+        hashes every character n-gram of a word however long (a 1 MB "word" is millions of hashes, in Python
+        here), while a real word's vector is settled by its first few dozen characters."""
+        words = self.words.findall(text.lower() if self.config.lowercase else text)
+        return [word[: self.max_word_chars] for word in words]
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         encoded = []
-        for text in texts:
+        cut_texts, cut = self.cut(texts)
+        for text, was_cut in zip(cut_texts, cut, strict=True):
             words = self.split_words(text)
             rows = [self.vectors.rows_of(w) for w in words[: self.max_length]]
-            encoded.append(EncodedText(rows, len(rows), len(words) > self.max_length))
+            encoded.append(EncodedText(rows, len(rows), len(words) > self.max_length or was_cut))
         return encoded
 
     def embed_numpy(self, batch: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:

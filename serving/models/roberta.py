@@ -130,13 +130,14 @@ class RobertaText(Classifier):
         self.tokenizer = _read_tokenizer(model_dir, self.max_length)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        texts, cut = self.cut(texts)  # the tokenizer encodes a whole text before it truncates
         if len(texts) <= SEQUENTIAL_ENCODE_MAX:
             encodings = [self.tokenizer.encode(text, add_special_tokens=True) for text in texts]
         else:
-            encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         return [
-            EncodedText(np.asarray(e.ids, dtype=np.int64), len(e.ids), bool(e.overflowing))
-            for e in encodings
+            EncodedText(np.asarray(e.ids, dtype=np.int64), len(e.ids), bool(e.overflowing) or was_cut)
+            for e, was_cut in zip(encodings, cut, strict=True)
         ]
 
     pad_multiple = 1
