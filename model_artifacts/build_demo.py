@@ -122,7 +122,7 @@ def train_rnn(texts: list[str], y: np.ndarray, out: Path, epochs: int = 40) -> N
     seed_everything()
     from safetensors.torch import save_file
 
-    rows = SubwordLSTMClassifier(config, 1).state_dict()  # placeholder weights so the loader can start
+    rows = SubwordLSTMClassifier(config).state_dict()  # placeholder weights so the loader can start
     save_file({k: v.contiguous() for k, v in rows.items()}, str(out / "model.safetensors"))
     serving = RNNClassifier(out)
     model = serving.model

@@ -168,6 +168,17 @@ def fresh_metrics_dir() -> None:
         stale.unlink(missing_ok=True)
 
 
+def share_vectors(model_dir: Path) -> None:
+    """The LSTM's fastText matrix, cached once here (before the fork) for every worker to memory-map."""
+    from serving.errors import ModelLoadError
+    from serving.models.rnn import prepare_shared_vectors
+
+    try:
+        prepare_shared_vectors(model_dir)
+    except ModelLoadError as exc:  # the workers meet the same error and say it on /ping, as for any bad folder
+        log.error("could not cache the fastText vectors: %s", exc)
+
+
 def run(settings: Settings) -> None:
     """Check the model folder and the GPUs, then hand over to gunicorn (which exits 0 after a SIGTERM drain)."""
     from serving.artifacts import detect_family, resolve_model_dir
@@ -176,6 +187,8 @@ def run(settings: Settings) -> None:
     model_dir = resolve_model_dir(settings.model_dir)
     family = detect_family(model_dir)
     fresh_metrics_dir()
+    if family == "rnn":
+        share_vectors(model_dir)
     try:
         gpus = discover(settings.device)
     except RuntimeError as exc:

@@ -1,14 +1,22 @@
 """fastText/BlazingText subword vectors as tensors: one table lookup embeds a whole batch, OOV words included.
 
-At load time gensim reads the `.bin`; from then on words map to rows of one matrix
-(in-vocabulary vectors, then the n-gram buckets), using
-fastText's own n-gram extraction and FNV-1a hash re-implemented here, so no gensim call
-happens at request time.
+Words map to rows of one matrix (in-vocabulary vectors, then the n-gram buckets), using fastText's own n-gram
+extraction and FNV-1a hash re-implemented here, so no gensim call happens at request time.
+
+The matrix is read from the `.bin` once per host: the first load (serve's master, before it forks) has gensim
+read it and writes the float32 matrix and the vocabulary to a cache folder; every process then memory-maps
+the matrix, so all workers share one copy in the page cache (a 2M-word, 300-dimension BlazingText model is
+4.8 GB: one copy per worker did not fit).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,21 +67,13 @@ class SubwordVectors:
         self.rows_of = functools.lru_cache(maxsize=200_000)(self._rows_of)
 
     @classmethod
-    def from_fasttext_file(cls, path: Path) -> SubwordVectors:
-        from gensim.models.fasttext import load_facebook_vectors
-
-        try:
-            kv = load_facebook_vectors(str(path))
-        except Exception as exc:  # gensim raises struct, value and EOF errors for bad files
-            raise ModelLoadError(f"{path}: missing or corrupt fastText model ({exc})") from exc
-        return cls.from_keyed_vectors(kv)
-
-    @classmethod
-    def from_keyed_vectors(cls, kv) -> SubwordVectors:
-        dim = kv.vector_size
-        ngrams = kv.vectors_ngrams if kv.bucket else np.zeros((0, dim), dtype=np.float32)
-        matrix = np.concatenate([kv.vectors, ngrams]).astype(np.float32)
-        return cls(matrix, dict(kv.key_to_index), kv.min_n, kv.max_n, kv.bucket)
+    def from_fasttext_file(cls, path: Path, cache_root: Path | None = None) -> SubwordVectors:
+        """The vectors of a fastText `.bin`, memory-mapped from the host's cache (built on first use)."""
+        folder = prepare_cache(path, cache_root)
+        meta = json.loads((folder / CACHE_META).read_text())
+        words = json.loads((folder / "vocab.json").read_text())
+        matrix = np.load(folder / "matrix.npy", mmap_mode="r")
+        return cls(matrix, {word: i for i, word in enumerate(words)}, meta["min_n"], meta["max_n"], meta["buckets"])
 
     def _rows_of(self, word: str) -> tuple[int, ...]:
         index = self.vocab.get(word)
@@ -92,3 +92,57 @@ class SubwordVectors:
         if not rows:
             return np.zeros(self.dim, dtype=np.float32)
         return self.matrix[list(rows)].mean(axis=0)
+
+
+CACHE_ENV = "SERVING_VECTORS_CACHE"
+CACHE_META = "meta.json"  # written last: a folder without it is incomplete
+
+
+def cache_folder(path: Path, cache_root: Path | None = None) -> Path:
+    """Where a `.bin`'s matrix is cached: keyed by its size, modification time and first and last megabyte, not
+    its path, so each extraction of the same model.tar.gz (a new temporary folder) finds the same cache."""
+    root = cache_root or Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "toxserve-vectors")
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
+    with path.open("rb") as stream:
+        digest.update(stream.read(1 << 20))
+        stream.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(stream.read(1 << 20))
+    return root / digest.hexdigest()[:24]
+
+
+def prepare_cache(path: Path, cache_root: Path | None = None) -> Path:
+    """The cache folder of `path`, written (once, atomically) if it is not there yet."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing or corrupt fastText model (no such file)")
+    folder = cache_folder(path, cache_root)
+    if (folder / CACHE_META).is_file():
+        return folder
+    from gensim.models.fasttext import load_facebook_vectors
+
+    try:
+        kv = load_facebook_vectors(str(path))
+    except Exception as exc:  # gensim raises struct, value and EOF errors for bad files
+        raise ModelLoadError(f"{path}: missing or corrupt fastText model ({exc})") from exc
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    rows = len(kv.vectors) + (len(kv.vectors_ngrams) if kv.bucket else 0)
+    matrix = np.lib.format.open_memmap(staging / "matrix.npy", mode="w+", dtype=np.float32,
+                                       shape=(rows, kv.vector_size))
+    matrix[: len(kv.vectors)] = kv.vectors
+    if kv.bucket:
+        matrix[len(kv.vectors):] = kv.vectors_ngrams
+    matrix.flush()
+    del matrix
+    (staging / "vocab.json").write_text(json.dumps(list(kv.index_to_key)))
+    (staging / CACHE_META).write_text(json.dumps({"min_n": kv.min_n, "max_n": kv.max_n, "buckets": kv.bucket,
+                                                   "source": str(path)}))
+    try:
+        staging.rename(folder)
+    except OSError:
+        if (folder / CACHE_META).is_file():  # another process finished the same cache first: theirs is as good
+            shutil.rmtree(staging, ignore_errors=True)
+        else:  # the leftovers of a writer that died
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+    return folder

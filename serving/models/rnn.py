@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,10 +69,10 @@ class SubwordLSTMClassifier(nn.Module):
 
     table: torch.Tensor
 
-    def __init__(self, config: RNNConfig, embedding_rows: int) -> None:
+    def __init__(self, config: RNNConfig) -> None:
         super().__init__()
-        # The frozen fastText table: not in model.safetensors, filled from the .bin at load time.
-        self.register_buffer("table", torch.zeros(embedding_rows, config.embed_size), persistent=False)
+        # The frozen fastText table: not in model.safetensors; the loader puts the shared, memory-mapped matrix here.
+        self.register_buffer("table", torch.zeros(0, config.embed_size), persistent=False)
         self.lstm = nn.LSTM(
             config.embed_size, config.lstm_hidden_size, num_layers=config.lstm_num_layers,
             batch_first=True, dropout=config.dropout if config.lstm_num_layers > 1 else 0.0,
@@ -96,6 +97,14 @@ class SubwordLSTMClassifier(nn.Module):
 
 
 MAX_WORD_CHARS = 100
+
+
+def prepare_shared_vectors(model_dir: Path) -> None:
+    """Write the folder's fastText matrix to the host's cache, so forked workers memory-map one shared copy."""
+    from serving.models.fasttext import prepare_cache
+
+    config = RNNConfig.from_file(model_dir / "config.json")
+    prepare_cache(model_dir / config.embeddings_file)
 
 
 class RNNText(Classifier):
@@ -152,9 +161,11 @@ class RNNText(Classifier):
 class RNNClassifier(RNNText):
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None) -> None:
         super().__init__(model_dir, device, max_length)
-        self.model = SubwordLSTMClassifier(self.config, self.vectors.matrix.shape[0])
+        self.model = SubwordLSTMClassifier(self.config)
         assign_weights(self.model, load_state_dict(model_dir, ("model.safetensors",)), model_dir)
-        self.model.table.copy_(torch.from_numpy(self.vectors.matrix))
+        with warnings.catch_warnings():  # read-only on purpose: the page-cache copy every worker shares
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.model.table = torch.from_numpy(self.vectors.matrix)
         self.model.to(device).eval()
 
     def batch_tensors(self, batch: Sequence[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,3 +59,44 @@ def test_batch_embedding_is_one_lookup_matching_per_word_vectors(rnn_dir):
         for w, word in enumerate(classifier.split_words(text)):
             np.testing.assert_allclose(embeddings[b, w].numpy(), classifier.vectors.vector(word), atol=1e-6)
     assert not embeddings[2].any()  # padding and empty texts embed to zeros
+
+
+def test_the_matrix_is_cached_once_per_host_and_memory_mapped_read_only(small_model, tmp_path):
+    import shutil
+    import tarfile
+
+    from serving import resolve_model_dir
+    from serving.models.fasttext import cache_folder
+
+    first = SubwordVectors.from_fasttext_file(small_model, tmp_path / "cache")
+    assert isinstance(first.matrix, np.memmap) and not first.matrix.flags.writeable
+    folder = cache_folder(small_model, tmp_path / "cache")
+    written = (folder / "matrix.npy").stat().st_mtime_ns
+    # the same file from a model.tar.gz, extracted twice to new folders (each worker restart, each start)
+    source = tmp_path / "model"
+    source.mkdir()
+    shutil.copy2(small_model, source / "vectors.bin")
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        tar.add(source / "vectors.bin", arcname="vectors.bin")
+    for _ in range(2):
+        extracted = resolve_model_dir(tmp_path / "model.tar.gz") / "vectors.bin"
+        again = SubwordVectors.from_fasttext_file(extracted, tmp_path / "cache")
+        assert cache_folder(extracted, tmp_path / "cache") == folder
+        np.testing.assert_array_equal(again.matrix, first.matrix)
+    assert (folder / "matrix.npy").stat().st_mtime_ns == written  # read, never rewritten
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]
+
+
+def test_an_unfinished_cache_is_rebuilt_and_a_corrupt_file_is_a_load_error(small_model, tmp_path):
+    from serving.errors import ModelLoadError
+    from serving.models.fasttext import CACHE_META, cache_folder
+
+    SubwordVectors.from_fasttext_file(small_model, tmp_path / "cache")
+    folder = cache_folder(small_model, tmp_path / "cache")
+    (folder / CACHE_META).unlink()  # as if a process died while writing it: leftovers, no meta
+    rebuilt = SubwordVectors.from_fasttext_file(small_model, tmp_path / "cache")
+    assert rebuilt.matrix.shape[0] > 0 and (folder / CACHE_META).is_file()
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelLoadError, match="missing or corrupt fastText model"):
+        SubwordVectors.from_fasttext_file(broken, tmp_path / "cache")
