@@ -6,13 +6,16 @@ function it defines replaces that step, the others keep the defaults below.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,15 @@ from typing import Any
 from sagemaker_inference import parameters as sm
 
 from serving import codecs
-from serving.errors import BadRequest, ModelLoadError, NotAcceptable
-from serving.results import dumps
-from serving.service import Classification, InferenceService, RequestOptions, parse_custom_attributes
+from serving.errors import BadRequest, ModelLoadError, NotAcceptable, QueueFull, RequestTimeout
+from serving.results import dumps, with_python_floats
+from serving.service import (
+    Classification,
+    InferenceService,
+    RequestOptions,
+    parse_custom_attributes,
+    request_deadline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +121,61 @@ def load_user_module(model_dir: Path | None, program: str | None = None) -> Any 
     return module
 
 
+class OneAtATime:
+    """User code runs one request at a time per worker, as the SageMaker toolkits run it (a module may declare
+    `THREAD_SAFE = True` to opt out); waiting requests are bounded like the batcher's queue (429) and wait no
+    longer than their deadline (504)."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self.max_waiting = max_waiting
+        self._running = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._count:
+            if self._waiting >= self.max_waiting:
+                raise QueueFull(f"{self._waiting} requests wait for the model's code (limit {self.max_waiting}); "
+                                "retry later")
+            self._waiting += 1
+        try:
+            deadline = request_deadline.get()
+            left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not self._running.acquire(timeout=left):
+                raise RequestTimeout("request timed out waiting for the model's code")
+        finally:
+            with self._count:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._running.release()
+
+
 class Handler:
     """Runs one invocation: input_fn -> predict_fn -> output_fn (or transform_fn), user hooks first."""
 
-    def __init__(self, model: Any, user_module: Any | None = None) -> None:
+    def __init__(self, model: Any, user_module: Any | None = None, max_waiting: int = 2048) -> None:
         self.model = model
         hook: Callable[[str], Any] = lambda name: getattr(user_module, name, None) if user_module else None  # noqa: E731
         self.input_fn = hook("input_fn") or default_input_fn
         self.predict_fn = hook("predict_fn") or default_predict_fn
         self.output_fn = hook("output_fn") or default_output_fn
         self.transform_fn = hook("transform_fn")
+        self.user_output = self.output_fn is not default_output_fn
+        runs_user_code = user_module is not None and (
+            any(hook(name) for name in HOOKS) or not isinstance(model, InferenceService))
+        serial = runs_user_code and not getattr(user_module, "THREAD_SAFE", False)
+        self.gate = OneAtATime(max_waiting) if serial else None
 
     def invoke(self, body: bytes, content_type: str, accept: str, custom_attributes: str | None) -> Reply:
+        if self.gate is None:
+            return self._invoke(body, content_type, accept, custom_attributes)
+        with self.gate.turn():
+            return self._invoke(body, content_type, accept, custom_attributes)
+
+    def _invoke(self, body: bytes, content_type: str, accept: str, custom_attributes: str | None) -> Reply:
         if self.transform_fn is not None:
             return _reply(self.transform_fn(self.model, body, content_type, accept), accept)
         data = self.input_fn(body, content_type)
@@ -131,7 +183,11 @@ class Handler:
             data = dataclasses.replace(
                 data, parameters={**parse_custom_attributes(custom_attributes), **data.parameters})
         prediction = self.predict_fn(data, self.model)
-        reply = _reply(self.output_fn(prediction, accept), accept)
+        shown = prediction
+        if self.user_output and isinstance(prediction, Prediction):  # user code may json.dumps the scores
+            shown = dataclasses.replace(prediction, classification=dataclasses.replace(
+                prediction.classification, results=with_python_floats(prediction.classification.results)))
+        reply = _reply(self.output_fn(shown, accept), accept)
         if isinstance(prediction, Prediction):
             reply.headers.update(timing_headers(prediction.classification))
         return reply

@@ -45,3 +45,9 @@ def text_results(
         }
         for row, hits, was_truncated in zip(scores, flagged, truncated, strict=True)
     ]
+
+
+def with_python_floats(results: list[dict]) -> list[dict]:
+    """The same results with plain Python floats (each exactly its float32), for user code that hands them to
+    the json module (which cannot encode numpy scalars)."""
+    return [{**r, "scores": {label: float(score) for label, score in r["scores"].items()}} for r in results]

@@ -129,14 +129,14 @@ class Server(BaseApplication):
             user_module = load_user_module(self.model_dir)
             model_fn = getattr(user_module, "model_fn", None)
             if model_fn is not None:
-                return Handler(model_fn(str(self.model_dir)), user_module)
+                return Handler(model_fn(str(self.model_dir)), user_module, max_waiting=s.max_queue_texts)
             classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None,
                                          backend=s.backend, variant=s.onnx_variant, threads=threads,
                                          dtype=s.torch_dtype, provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,
                                          max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars)
             service = InferenceService(classifier, s, self.model_dir, on_batch=observe_batch,
                                        on_device_failure=replace_this_worker)
-            return Handler(service, user_module)
+            return Handler(service, user_module, max_waiting=s.max_queue_texts)
 
         # the app answers /execution-parameters with the real worker count, not the setting's 0 (= automatic)
         return create_app(dataclasses.replace(s, workers=self.workers), build_handler=build, load_in_background=False)

@@ -68,3 +68,65 @@ def test_sagemaker_program_with_its_own_model_and_transform_fn(demo_dir, tmp_pat
                                  headers={"Content-Type": "text/plain"}, timeout=30)
         assert response.status_code == 200 and response.text == "3\n5"
         assert response.headers["Content-Type"].startswith("text/plain")
+
+
+SLOW_MODEL = '''
+import threading
+import time
+
+{declaration}
+_lock = threading.Lock()
+_running = 0
+_most = 0
+
+
+def model_fn(model_dir):
+    return None
+
+
+def predict_fn(data, model):
+    global _running, _most
+    with _lock:
+        _running += 1
+        _most = max(_most, _running)
+    time.sleep(0.3)
+    with _lock:
+        _running -= 1
+    return {{"most_at_once": _most}}
+'''
+
+
+def send_together(url: str, count: int) -> list[requests.Response]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: requests.post(url + "/invocations", json=["x"], timeout=60), range(count)))
+
+
+def slow_folder(demo_dir, tmp_path, declaration: str = ""):
+    folder = tmp_path / "model"
+    shutil.copytree(demo_dir / "rnn", folder)
+    (folder / "code").mkdir()
+    (folder / "code" / "inference.py").write_text(SLOW_MODEL.format(declaration=declaration))
+    return folder
+
+
+def test_user_code_runs_one_request_at_a_time_unless_it_declares_itself_thread_safe(demo_dir, tmp_path):
+    with running_server(tmp_path, "--model-dir", str(slow_folder(demo_dir, tmp_path)), "--workers", "1") as server:
+        answers = send_together(server.url, 6)
+        assert all(r.status_code == 200 for r in answers)
+        assert max(r.json()["most_at_once"] for r in answers) == 1
+    safe = slow_folder(demo_dir, tmp_path / "safe", "THREAD_SAFE = True")
+    with running_server(tmp_path, "--model-dir", str(safe), "--workers", "1") as server:
+        assert max(r.json()["most_at_once"] for r in send_together(server.url, 6)) > 1
+
+
+def test_user_code_gets_the_queue_limit_and_the_deadline(demo_dir, tmp_path):
+    folder = slow_folder(demo_dir, tmp_path)
+    with running_server(tmp_path, "--model-dir", str(folder), "--workers", "1", "--max-queue-texts", "6",
+                        "--timeout-s", "1") as server:
+        answers = send_together(server.url, 8)
+        codes = sorted(r.status_code for r in answers)
+        assert 200 in codes and 429 in codes and 504 in codes, codes
+        assert all(r.json()["error"]["code"] in ("queue_full", "timeout") for r in answers if r.status_code != 200)
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200
