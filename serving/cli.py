@@ -178,15 +178,20 @@ def undeploy(name, bucket, region, dry_run) -> None:
 @click.option("--output", "output_s3", required=True, help="s3:// prefix for the results")
 @click.option("--instance-type", required=True)
 @click.option("--instance-count", type=int, default=1, show_default=True)
+@click.option("--max-payload-mb", type=click.IntRange(1, 100), default=6, show_default=True,
+              help="mini-batch size; the container's body limit is set to match")
+@click.option("--invocation-timeout-s", type=click.IntRange(6, 3600), default=600, show_default=True,
+              help="per mini-batch; the container's deadline is set 5 s shorter")
 @click.option("--region")
 @click.option("--dry-run", is_flag=True)
-def transform(job, model_name, input_s3, output_s3, instance_type, instance_count, region, dry_run) -> None:
+def transform(job, model_name, input_s3, output_s3, instance_type, instance_count, max_payload_mb,
+              invocation_timeout_s, region, dry_run) -> None:
     """Batch transform over JSON Lines (a record per line in, a result per line out)."""
     from serving.deploy import AwsCalls
     from serving.deploy import transform as run_transform
 
     run_transform(AwsCalls(region=region, dry_run=dry_run, log=click.echo), job, model_name, input_s3, output_s3,
-                  instance_type, instance_count)
+                  instance_type, instance_count, max_payload_mb, invocation_timeout_s)
 
 
 def write_results(out, results: list[dict], labels, output_format: str) -> None:

@@ -142,10 +142,17 @@ def undeploy(name: str, aws: AwsCalls, bucket: str | None = None) -> None:
 
 
 def transform(aws: AwsCalls, job: str, model_name: str, input_s3: str, output_s3: str, instance_type: str,
-              instance_count: int = 1, max_payload_mb: int = 6) -> None:
-    """A batch transform job over JSON Lines: one record per line in, one result per line out."""
+              instance_count: int = 1, max_payload_mb: int = 6, invocation_timeout_s: int = 600) -> None:
+    """A batch transform job over JSON Lines: one record per line in, one result per line out.
+
+    Mini-batches of up to `max_payload_mb`, each answered within `invocation_timeout_s` (SageMaker's default,
+    up to 3600): the container's own limits are set to match (its deadline 5 s shorter, so a slow mini-batch
+    gets our 504 rather than SageMaker's cut). Concurrency comes from the container's /execution-parameters."""
+    environment = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb),
+                   "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(max(1, invocation_timeout_s - 5))}
     aws("sagemaker", "create_transform_job", TransformJobName=job, ModelName=model_name,
-        BatchStrategy="MultiRecord", MaxPayloadInMB=max_payload_mb,
+        BatchStrategy="MultiRecord", MaxPayloadInMB=max_payload_mb, Environment=environment,
+        ModelClientConfig={"InvocationsTimeoutInSeconds": invocation_timeout_s, "InvocationsMaxRetries": 1},
         TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_s3}},
                         "ContentType": "application/jsonlines", "SplitType": "Line"},
         TransformOutput={"S3OutputPath": output_s3, "Accept": "application/jsonlines", "AssembleWith": "Line"},

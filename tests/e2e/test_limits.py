@@ -51,3 +51,42 @@ def test_the_lstm_hashes_only_the_first_characters_of_a_word(demo_dir):
     classifier = load_classifier(demo_dir / "rnn")
     cut = "x" * classifier.max_word_chars
     assert classifier.encode(["x" * 5000])[0].features == classifier.encode([cut])[0].features
+
+
+def test_batch_transform_mini_batches_are_answered_row_for_row(archive_server, demo_dir):
+    """What a SageMaker MultiRecord transform sends: a 20,000-row CSV, and a JSON Lines file just under 6 MB;
+    far more texts than the queue holds, scored in parts, never refused for their size."""
+    from serving.corpus import read_labelled
+    from tests.conftest import CORPUS
+
+    corpus, _ = read_labelled(CORPUS)
+    rows = [f"{corpus[i % len(corpus)]} #{i}".replace('"', "'") for i in range(20_000)]
+    csv_body = "".join(f'"{row}"\n' for row in rows)
+    started = time.monotonic()
+    answer = requests.post(archive_server.url + "/invocations", data=csv_body.encode(), timeout=120,
+                           headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    print(f"{archive_server.family}: 20,000 CSV rows in {time.monotonic() - started:.1f} s")
+    assert answer.status_code == 200, answer.text[:500]
+    lines = answer.text.splitlines()
+    assert len(lines) == 20_000
+    classifier = load_classifier(demo_dir / archive_server.family)
+    sample = list(range(0, 20_000, 997))
+    got = np.array([[float(v) for v in lines[i].split(",")[: len(classifier.labels)]] for i in sample])
+    np.testing.assert_allclose(got, classifier.predict([rows[i] for i in sample]), atol=1e-5)
+
+    import json
+
+    # long comments (truncated to the model's limit), so the file is 6 MB without taking minutes on 2 CPU cores
+    filler = " and the rest of the thread is about the weather, the match last night and the new cafe" * 30
+    records, size = [], 0
+    while size < 5.9 * 1024 * 1024:
+        line = json.dumps({"text": corpus[len(records) % len(corpus)] + filler}) + "\n"
+        records.append(line)
+        size += len(line.encode())
+    started = time.monotonic()
+    answer = requests.post(archive_server.url + "/invocations", data="".join(records).encode(), timeout=120,
+                           headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"})
+    print(f"{archive_server.family}: {len(records)} JSON Lines ({size / 2**20:.1f} MB) in "
+          f"{time.monotonic() - started:.1f} s")
+    assert answer.status_code == 200, answer.text[:500]
+    assert len(answer.text.splitlines()) == len(records)

@@ -93,3 +93,5 @@ def test_transform_job_uses_json_lines(aws):
     assert job["TransformInput"]["ContentType"] == "application/jsonlines"
     assert job["TransformInput"]["SplitType"] == "Line"
     assert job["TransformOutput"]["AssembleWith"] == "Line" and job["BatchStrategy"] == "MultiRecord"
+    assert job["MaxPayloadInMB"] == 6 and job["ModelClientConfig"]["InvocationsTimeoutInSeconds"] == 600
+    assert job["Environment"] == {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "6", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "595"}

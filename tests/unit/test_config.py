@@ -19,7 +19,7 @@ def test_sagemaker_and_serving_variables_are_read():
 
 
 def test_defaults_and_flags_override_the_environment():
-    assert Settings.from_env({}).port == 8080 and Settings.from_env({}).timeout_s == 60
+    assert Settings.from_env({}).port == 8080 and Settings.from_env({}).timeout_s == 55
     assert Settings.from_env({}).max_payload_mb == 6
     assert Settings.from_env({"SERVING_MAX_BATCH_SIZE": "64"}, max_batch_size=8, port=None).max_batch_size == 8
 
