@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+OPENAPI = Path(__file__).with_name("openapi.json")  # routes, bodies and errors; tests fuzz the server against it
 
 
 class ModelState:
@@ -100,6 +102,10 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
             "BatchStrategy": "MULTI_RECORD",
             "MaxPayloadInMB": max(1, int(settings.max_payload_mb)),
         }
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi():
+        return Response(OPENAPI.read_bytes(), content_type="application/json")
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page():
