@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-ms", type=float, default=20.0, help="between a sender's requests")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    port = 18900 + int(time.time()) % 90
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     process = serve(args.model, port, [], Path("/tmp/soak-serve.log"))
     url = f"http://127.0.0.1:{port}/invocations"
     texts = text_mix(500)

@@ -56,3 +56,19 @@ def test_the_sagemaker_user_class_through_boto3(demo_dir, tmp_path, monkeypatch)
 def test_bad_targets_fail_loudly(spec, tmp_path):
     with pytest.raises(ValueError, match="expected LABEL="):
         runner(["--target", spec, "--users", "1", "--step-seconds", "1", "--out", str(tmp_path)])
+
+
+def test_a_one_minute_soak_has_no_errors_and_flat_memory(tmp_path):
+    """CI's short version of loadtest/soak.py (the 30-minute run is in BENCHMARKS.md)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "soak.json"
+    run = subprocess.run([sys.executable, str(REPO / "loadtest" / "soak.py"), "--minutes", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert run.returncode == 0, (run.stdout, run.stderr[-2000:])
+    assert report["unexpected"] == 0 and report["requests"] > 500 and report["rss_growth"] < 0.10
