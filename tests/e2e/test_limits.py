@@ -90,3 +90,20 @@ def test_batch_transform_mini_batches_are_answered_row_for_row(archive_server, d
           f"{time.monotonic() - started:.1f} s")
     assert answer.status_code == 200, answer.text[:500]
     assert len(answer.text.splitlines()) == len(records)
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [
+    ('["hello there"]'.encode("utf-16"), "application/json; charset=utf-16", 200),
+    ('["café"]'.encode("latin-1"), "application/json; charset=ISO-8859-1", 200),
+    (b'["hello"]', "application/json; charset=punycode", 415),
+    (b'["hello"]', "application/json; charset=klingon", 415),
+    (b"[" * 50_000 + b"]" * 50_000, "application/json", 400),
+    (b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "application/json", 400),
+])
+def test_charsets_and_json_depth_are_checked_before_decoding(archive_server, body, content_type, status):
+    response = requests.post(archive_server.url + "/invocations", data=body, timeout=30,
+                             headers={"Content-Type": content_type})
+    assert response.status_code == status, response.text[:300]
+    if status != 200:
+        assert response.json()["error"]["message"]
+    assert requests.get(archive_server.url + "/ping", timeout=5).status_code == 200
