@@ -123,13 +123,16 @@ def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
     backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "auto",
     provider: str = "cuda", cache_dir: str = "", max_text_chars: int = 0, max_word_chars: int = 0,
+    max_batch_size: int = 256,
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make.
 
     On a GPU, reduced precision is checked where it runs: torch `dtype` auto and an ONNX fp16 graph are served
     only when their scores agree with fp32 on the same device (serving.precision), else fp32 with the reason.
-    `max_text_chars` / `max_word_chars` (LSTM) override the input caps (0: the model's defaults)."""
-    classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir)
+    `max_text_chars` / `max_word_chars` (LSTM) override the input caps (0: the model's defaults);
+    `max_batch_size` bounds the shapes TensorRT's engine is built for."""
+    classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir,
+                       max_batch_size)
     classifier.max_text_chars = max_text_chars
     if max_word_chars and hasattr(classifier, "max_word_chars"):
         classifier.max_word_chars = max_word_chars  # type: ignore[attr-defined]
@@ -137,7 +140,7 @@ def load_classifier(
 
 
 def _load(path, device: str, max_length: int | None, backend: str, variant: str, threads: int, dtype: str,
-          provider: str, cache_dir: str) -> Classifier:
+          provider: str, cache_dir: str, max_batch_size: int) -> Classifier:
     model_dir = resolve_model_dir(path)
     family = detect_family(model_dir)
     if backend == "auto":
@@ -158,7 +161,7 @@ def _load(path, device: str, max_length: int | None, backend: str, variant: str,
 
         def load_onnx(chosen: str) -> Classifier:
             return runtime(model_dir, device=device, max_length=max_length, variant=chosen, threads=threads,
-                           provider=provider, cache_dir=cache_dir)
+                           provider=provider, cache_dir=cache_dir, max_batch_size=max_batch_size)
 
         if on_gpu and variant == "fp16":
             from serving.precision import choose_half_or_full

@@ -133,7 +133,8 @@ class Server(BaseApplication):
             classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None,
                                          backend=s.backend, variant=s.onnx_variant, threads=threads,
                                          dtype=s.torch_dtype, provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,
-                                         max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars)
+                                         max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars,
+                                         max_batch_size=s.max_batch_size)
             service = InferenceService(classifier, s, self.model_dir, on_batch=observe_batch,
                                        on_device_failure=replace_this_worker)
             return Handler(service, user_module, max_waiting=s.max_queue_texts)
