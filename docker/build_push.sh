@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-gpu}"; repository="${2:-toxicity-serving}"; tag="${3:-$(git rev-parse --short HEAD)-$flavour}"
-dockerfile=docker/Dockerfile; [ "$flavour" = cpu ] && dockerfile=docker/Dockerfile.cpu
+build_args=(--build-arg REQUIREMENTS=docker/requirements-gpu.txt --build-arg TORCH_INDEX=)
+[ "$flavour" = cpu ] && build_args=()
 account="$(aws sts get-caller-identity --query Account --output text)"
 region="${AWS_REGION:-$(aws configure get region)}"
 registry="$account.dkr.ecr.$region.amazonaws.com"
 aws ecr describe-repositories --repository-names "$repository" >/dev/null 2>&1 \
     || aws ecr create-repository --repository-name "$repository" >/dev/null
 aws ecr get-login-password | docker login --username AWS --password-stdin "$registry"
-docker build -f "$dockerfile" -t "$registry/$repository:$tag" .
+docker build -f docker/Dockerfile "${build_args[@]}" -t "$registry/$repository:$tag" .
 docker push "$registry/$repository:$tag"
 echo "$registry/$repository:$tag"

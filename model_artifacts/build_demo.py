@@ -144,6 +144,14 @@ def train_rnn(texts: list[str], y: np.ndarray, out: Path, epochs: int = 40) -> N
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
 
 
+def world_readable(folder: Path) -> None:
+    """Files 0644, folders 0755 (safetensors writes 0600): the images serve as a non-root user, and SageMaker
+    extracts model.tar.gz with the modes it holds."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def make_tarball(folder: Path, archive: Path) -> None:
     """Files at the archive's root, as SageMaker expects in model.tar.gz."""
     with tarfile.open(archive, "w:gz") as tar:
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
             export(folder, ["fp32", "int8", "fp16"] if family == "roberta" else ["fp32", "int8"],
                    read_labelled(CORPUS, split="test")[0])
+        world_readable(folder)
         make_tarball(folder, args.out / f"{family}.model.tar.gz")
         metrics[family] = held_out_metrics(folder)
         seconds = time.perf_counter() - started

@@ -25,7 +25,7 @@ ARCHITECTURES = ("RoBERToxForSequenceClassification", "RobertaForSequenceClassif
 SEQUENTIAL_ENCODE_MAX = 8
 
 
-class LossMode(str, enum.Enum):
+class LossMode(enum.StrEnum):
     MULTI_LABEL = "MULTI_LABEL"
     MULTI_CLASS = "MULTI_CLASS"
     REGRESSION = "REGRESSION"

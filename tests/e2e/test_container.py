@@ -1,5 +1,7 @@
-"""The image, checked without Docker: hadolint on both Dockerfiles, and the declared entrypoint run outside
-Docker on a fake /opt/ml holding the demo model.tar.gz, passing the smoke test."""
+"""The image: hadolint on the Dockerfile, its declared entrypoint run outside a container on a fake /opt/ml, and
+the CPU image itself (built by docker/build_image.sh before the tests in CI) run with podman as SageMaker runs
+it: the demo model mounted at /opt/ml/model (a folder, and a model.tar.gz's contents), the smoke test through
+the published port, SIGTERM -> exit 0, a non-root user, nothing but serving's packages at their pins."""
 
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ from tests.conftest import REPO
 from tests.e2e.conftest import free_port
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
-def test_hadolint_finds_nothing(dockerfile):
+def test_hadolint_finds_nothing(dockerfile="Dockerfile"):
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed")
@@ -27,8 +28,7 @@ def test_hadolint_finds_nothing(dockerfile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
-def test_dockerfile_declares_the_sagemaker_contract(dockerfile):
+def test_dockerfile_declares_the_sagemaker_contract(dockerfile="Dockerfile"):
     text = (REPO / "docker" / dockerfile).read_text()
     assert "EXPOSE 8080" in text
     assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in text
@@ -59,3 +59,71 @@ def test_declared_entrypoint_serves_a_fake_opt_ml_and_passes_the_smoke_test(demo
     finally:
         server.terminate()
         assert server.wait(40) == 0
+
+
+IMAGE = os.environ.get("SERVING_TEST_IMAGE", "toxicity-serving:cpu")
+
+
+@pytest.fixture(scope="module")
+def podman() -> str:
+    """podman with the CPU image built; in CI its absence fails the tests instead of skipping them."""
+    found = shutil.which("podman")
+    present = found is not None and subprocess.run([found, "image", "exists", IMAGE]).returncode == 0
+    if not present:
+        reason = f"podman or the image {IMAGE} is missing (docker/build_image.sh builds it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found  # type: ignore[return-value]
+
+
+def run_in_image(podman: str, *command: str) -> str:
+    done = subprocess.run([podman, "run", "--rm", IMAGE, *command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("source", ["folder", "model.tar.gz"])
+def test_the_image_serves_as_sagemaker_runs_it_and_stops_cleanly(podman, demo_dir, tmp_path, source):
+    model = demo_dir / "rnn"
+    if source == "model.tar.gz":  # what SageMaker does with ModelDataUrl: its contents at /opt/ml/model
+        model = tmp_path / "model"
+        model.mkdir()
+        with tarfile.open(demo_dir / "rnn.model.tar.gz") as tar:
+            tar.extractall(model, filter="data")
+        model.chmod(0o755)
+    port = free_port()
+    name = f"toxserve-test-{port}"
+    started = subprocess.run([podman, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+                              "-v", f"{model}:/opt/ml/model:ro", IMAGE, "serve"], capture_output=True, text=True,
+                             timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        smoke = subprocess.run([sys.executable, str(REPO / "docker" / "smoke_test.py"), f"http://127.0.0.1:{port}",
+                                "--timeout", "120"], capture_output=True, text=True, timeout=180)
+        logs = subprocess.run([podman, "logs", name], capture_output=True, text=True).stdout
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr + logs
+        assert smoke.stdout.count("ok ") == 4
+        stopped = subprocess.run([podman, "stop", "-t", "30", name], capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        code = subprocess.run([podman, "inspect", "--format", "{{.State.ExitCode}}", name],
+                              capture_output=True, text=True).stdout.strip()
+        assert code == "0", subprocess.run([podman, "logs", name], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run([podman, "rm", "-f", name], capture_output=True)
+
+
+def test_the_image_runs_as_non_root_with_exactly_serving_packages(podman):
+    assert run_in_image(podman, "id", "-u").strip() == "1000"
+    check = (
+        "import importlib.metadata as m, importlib.util as u, json; "
+        "print(json.dumps({'versions': {d.metadata['Name'].lower(): d.version for d in m.distributions()}, "
+        "'tools': [n for n in ('matplotlib', 'pytest', 'sklearn', 'locust') if u.find_spec(n)]}))"
+    )
+    found = json.loads(run_in_image(podman, "python", "-c", check))
+    assert found["tools"] == []
+    from tests.unit.test_images import CPU, pins
+
+    installed = {re.sub(r"[-_.]+", "-", k): v for k, v in found["versions"].items()}
+    wanted = pins(CPU)
+    assert {k: (v, installed.get(k)) for k, v in wanted.items() if installed.get(k) != v} == {}
