@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 image="${1:-toxicity-serving:cpu}"
 base=localhost/bookworm-py311
-PIP="${PIP:-.venv/bin/python -m pip}"
+PIP="${PIP:-python3 -m pip}"  # the host's: needs no project venv, so CI builds while setting up
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }  # this host's pip config
 step() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 

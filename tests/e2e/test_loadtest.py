@@ -58,8 +58,8 @@ def test_bad_targets_fail_loudly(spec, tmp_path):
         runner(["--target", spec, "--users", "1", "--step-seconds", "1", "--out", str(tmp_path)])
 
 
-def test_a_one_minute_soak_has_no_errors_and_flat_memory(tmp_path):
-    """CI's short version of loadtest/soak.py (the 30-minute run is in BENCHMARKS.md)."""
+def test_a_short_soak_has_no_errors_and_flat_memory(tmp_path):
+    """CI's short version (30 s) of loadtest/soak.py (the 30-minute run is in BENCHMARKS.md)."""
     import json
     import subprocess
     import sys
@@ -67,8 +67,8 @@ def test_a_one_minute_soak_has_no_errors_and_flat_memory(tmp_path):
     from tests.conftest import REPO
 
     out = tmp_path / "soak.json"
-    run = subprocess.run([sys.executable, str(REPO / "loadtest" / "soak.py"), "--minutes", "1", "--out", str(out)],
+    run = subprocess.run([sys.executable, str(REPO / "loadtest" / "soak.py"), "--minutes", "0.5", "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     report = json.loads(out.read_text())
     assert run.returncode == 0, (run.stdout, run.stderr[-2000:])
-    assert report["unexpected"] == 0 and report["requests"] > 500 and report["rss_growth"] < 0.10
+    assert report["unexpected"] == 0 and report["requests"] > 300 and report["rss_growth"] < 0.10

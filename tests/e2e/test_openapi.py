@@ -27,7 +27,7 @@ def test_fuzzing_the_live_server_finds_no_server_error_and_no_hang(demo_dir, tmp
         run = subprocess.run(
             [str(schemathesis), "run", str(DOCUMENT), "--url", srv.url, "--checks",
              "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-             "--max-examples", "40", "--seed", "1", "--workers", "2", "--request-timeout", "20",
+             "--max-examples", "25", "--seed", "1", "--workers", "2", "--request-timeout", "20",
              "--max-response-time", "10", "--phases", "examples,coverage,fuzzing", "--no-color",
              "--suppress-health-check", "all"],
             capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -64,16 +64,25 @@ def source_only_wheels(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("path", [CPU, GPU], ids=["cpu-file", "cuda-file"])
-def test_pips_resolver_accepts_each_file_for_the_images_python(path, source_only_wheels):
-    """Network: PyPI (CI reaches it). The GPU file is resolved against PyPI alone, where torch is the CUDA build;
-    the CPU file as this machine's pip is set up (torch's CPU build lies on its disk)."""
+def resolver_command(path: Path, source_only_wheels: Path) -> list[str]:
     command = [sys.executable, "-m", "pip"]
-    if path == GPU:
+    if path == GPU:  # PyPI alone, where torch is the CUDA build
         command += ["--isolated", "--cert", "/etc/ssl/certs/ca-certificates.crt"]
     command += ["install", "--dry-run", "--ignore-installed", "--quiet", "--python-version", "3.11",
                 "--only-binary=:all:", "--find-links", str(source_only_wheels), "-r", str(path)]
     for platform in PLATFORMS:
         command += ["--platform", platform]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return command
+
+
+def test_pips_resolver_accepts_each_file_for_the_images_python(source_only_wheels):
+    """Network: PyPI (CI reaches it). The CPU file resolves as this machine's pip is set up (torch's CPU build
+    lies on its disk); both run at once, since each mostly waits on the index."""
+    runs = {path.name: subprocess.Popen(resolver_command(path, source_only_wheels), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True) for path in (CPU, GPU)}
+    failed = {}
+    for name, run in runs.items():
+        output, _ = run.communicate(timeout=600)
+        if run.returncode != 0:
+            failed[name] = output[-3000:]
+    assert not failed, failed
