@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-gpu}"; repository="${2:-toxicity-serving}"; tag="${3:-$(git rev-parse --short HEAD)-$flavour}"
-build_args=(--build-arg REQUIREMENTS=docker/requirements-gpu.txt --build-arg TORCH_INDEX=)
+build_args=(--build-arg REQUIREMENTS=docker/requirements-gpu.txt --build-arg TORCH_INDEX= --build-arg SERVING_DEVICE=cuda)
 [ "$flavour" = cpu ] && build_args=()
 account="$(aws sts get-caller-identity --query Account --output text)"
 region="${AWS_REGION:-$(aws configure get region)}"

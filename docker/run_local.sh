@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 image="$1"; model="$2"; flavour="${3:-gpu}"
 if [ -f "$model" ]; then  # a model.tar.gz: unpack it as SageMaker does
-    unpacked="$(mktemp -d)"; tar -xzf "$model" -C "$unpacked"; model="$unpacked"
+    unpacked="$(mktemp -d)"; tar -xzf "$model" -C "$unpacked"; chmod 755 "$unpacked"; model="$unpacked"
 fi
 engine=docker; command -v docker >/dev/null && docker info >/dev/null 2>&1 || engine=podman
 gpus=()

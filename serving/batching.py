@@ -180,11 +180,13 @@ class Batcher:
     def queued_texts(self) -> int:
         return len(self._waiting)
 
-    def submit(self, encoded: Sequence[EncodedText], timeout_s: float, wait_for_room: bool = False) -> Future:
+    def submit(self, encoded: Sequence[EncodedText], timeout_s: float, wait_for_room: bool = False,
+               room: int | None = None) -> Future:
         """Queue a request's texts; the future yields a BatchedResult or the error that stopped it.
 
-        A full queue answers QueueFull, or with `wait_for_room` (the later parts of a request already admitted)
-        waits for room until the deadline, then RequestTimeout."""
+        A full queue answers QueueFull, or with `wait_for_room` (the parts of a request larger than the queue's
+        share one request may hold) waits until the queue holds at most `room` texts with these, until the
+        deadline, then RequestTimeout."""
         future: Future = Future()
         if timeout_s <= 0:  # spent before queueing (reading, tokenising): never worth a forward
             raise RequestTimeout("request timed out before it reached the model")
@@ -198,9 +200,10 @@ class Batcher:
                 raise self._failure
             if self._stopping or not self._thread.is_alive():
                 raise NotReady("the server is shutting down")
+            limit = room if room is not None else self.max_queue_texts
             if wait_for_room and not self._cond.wait_for(
                     lambda: self._failure is not None or self._stopping
-                    or len(self._waiting) + len(encoded) <= self.max_queue_texts, timeout_s):
+                    or len(self._waiting) + len(encoded) <= limit, timeout_s):
                 raise RequestTimeout("request timed out waiting for room in the queue")
             if self._failure is not None:
                 raise self._failure

@@ -88,7 +88,8 @@ def discover(device: str) -> list[Gpu]:
         return gpus
     if not gpus:
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible "
-                         f"({VISIBLE_ENV}={os.environ.get(VISIBLE_ENV, 'unset')}, torch {torch.__version__})")
+                         f"({VISIBLE_ENV}={os.environ.get(VISIBLE_ENV, 'unset')}, torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda}: a driver older than that build needs also shows as none)")
     if device == "cuda":
         return gpus
     index = _device_index(device)

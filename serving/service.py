@@ -209,11 +209,15 @@ class InferenceService:
         parts, the later ones waiting for room, so size alone never answers 429 and other requests keep a share."""
         deadline = time.monotonic() + remaining_s
         part = max(1, self.batcher.max_queue_texts // 2)
+        # A large request's parts (every one, the first too) wait until the queue holds at most half its limit
+        # with them: large requests take turns in that half, and the other half stays free for small ones.
+        multipart = len(encoded) > part
         futures: list = []
         try:
             for start in range(0, len(encoded), part):
                 left = max(deadline - time.monotonic(), 0.0)
-                futures.append(self.batcher.submit(encoded[start : start + part], left, wait_for_room=start > 0))
+                futures.append(self.batcher.submit(encoded[start : start + part], left, wait_for_room=multipart,
+                                                   room=part))
             results = [f.result(timeout=max(deadline - time.monotonic(), 0.0)) for f in futures]
         except FutureTimeout as exc:
             raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc

@@ -243,3 +243,21 @@ def test_a_request_larger_than_the_queue_is_scored_in_parts_not_refused(demo_dir
         assert service.batcher.queued_texts == 0
     finally:
         service.stop(5)
+
+
+def test_two_large_requests_at_once_take_turns_and_small_ones_still_get_in(demo_dir):
+    """Concurrent batch-transform mini-batches (MaxConcurrentTransforms > 1) are never refused for size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(max_queue_texts=64, max_batch_size=16)
+    service = InferenceService(load_classifier(demo_dir / "rnn"), settings)
+    client = create_app(settings, handler=Handler(service)).test_client()
+    large = [f"{TEXTS[i % 3]} number {i}" for i in range(600)]
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            big = [pool.submit(post, client, {"inputs": large}) for _ in range(2)]
+            small = [pool.submit(post, client, {"inputs": TEXTS}) for _ in range(8)]
+            statuses = [f.result().status_code for f in big + small]
+        assert statuses == [200] * 10, statuses
+    finally:
+        service.stop(5)
