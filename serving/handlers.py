@@ -166,6 +166,8 @@ class Handler:
         self.user_output = self.output_fn is not default_output_fn
         runs_user_code = user_module is not None and (
             any(hook(name) for name in HOOKS) or not isinstance(model, InferenceService))
+        if runs_user_code and isinstance(model, InferenceService):
+            model.plain_floats = True  # a user transform_fn or predict_fn may json.dumps model.classify's results
         serial = runs_user_code and not getattr(user_module, "THREAD_SAFE", False)
         self.gate = OneAtATime(max_waiting) if serial else None
 

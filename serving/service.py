@@ -19,7 +19,7 @@ from serving.batching import BatchedResult, Batcher, PaddingRule
 from serving.classifier import Classifier, EncodedText
 from serving.config import Settings
 from serving.errors import BadRequest, DeviceFailed, RequestTimeout, UnprocessableInput
-from serving.results import text_results
+from serving.results import text_results, with_python_floats
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class InferenceService:
                  on_batch=None, on_device_failure: Callable[[str], None] | None = None) -> None:
         self.classifier = classifier
         self.device_failure: str | None = None  # why the device was given up, once it has been
+        self.plain_floats = False  # set when user code runs: scores as Python floats, not numpy float32
         self._on_device_failure = on_device_failure
         self._failure_lock = threading.Lock()
         self.timeout_s = settings.timeout_s
@@ -201,6 +202,8 @@ class InferenceService:
             outcome = BatchedResult(scores, 0.0, time.monotonic() - compute_started)
         results = text_results(self.classifier.labels, outcome.scores, [e.truncated for e in encoded],
                                self.thresholds)
+        if self.plain_floats:  # user code sees the results and may hand them to the json module
+            results = with_python_floats(results)
         metrics.observe_request(len(results), truncated, tokenize_s, outcome.queue_s, outcome.compute_s)
         return Classification(results, tokenize_s, outcome.queue_s, outcome.compute_s)
 

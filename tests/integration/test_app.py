@@ -261,3 +261,23 @@ def test_two_large_requests_at_once_take_turns_and_small_ones_still_get_in(demo_
         assert statuses == [200] * 10, statuses
     finally:
         service.stop(5)
+
+
+def test_user_code_that_json_dumps_the_services_results_works(demo_dir):
+    import types
+
+    from serving.service import RequestOptions
+
+    def predict_fn(data, model):
+        return json.dumps(model.classify(data.texts, RequestOptions()).results)  # numpy scalars would raise
+
+    settings = Settings()
+    service = InferenceService(load_classifier(demo_dir / "rnn"), settings)
+    user = types.SimpleNamespace(predict_fn=predict_fn, THREAD_SAFE=True)
+    client = create_app(settings, handler=Handler(service, user)).test_client()
+    try:
+        response = post(client, TEXTS)
+        assert response.status_code == 200, response.data
+        assert len(json.loads(response.get_json())) == len(TEXTS)
+    finally:
+        service.stop(5)
