@@ -69,9 +69,15 @@ class ShapeRange:
     max_length: int
     opt_batch: int = 8
     opt_length: int = 128
+    feature_dim: int = 0  # the last axis of a rank-3 input (the LSTM's embeddings)
+    fp16: bool = False  # the graph is the fp16 variant: TensorRT may build fp16 kernels
 
     def profile(self, batch: int, length: int) -> str:
-        return ",".join(f"{name}:{batch}" if name == "lengths" else f"{name}:{batch}x{length}" for name in self.inputs)
+        def shape(name: str) -> str:
+            if name == "lengths":
+                return f"{name}:{batch}"
+            return f"{name}:{batch}x{length}" + (f"x{self.feature_dim}" if name == "embeddings" else "")
+        return ",".join(shape(name) for name in self.inputs)
 
 
 def provider_list(device: str, provider: str, cache_dir: Path, shapes: ShapeRange | None) -> list:
@@ -87,7 +93,8 @@ def provider_list(device: str, provider: str, cache_dir: Path, shapes: ShapeRang
     cache_dir.mkdir(parents=True, exist_ok=True)
     options: dict = {"device_id": device_id, "trt_engine_cache_enable": True,
                      "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True,
-                     "trt_timing_cache_path": str(cache_dir), "trt_fp16_enable": True}
+                     "trt_timing_cache_path": str(cache_dir),
+                     "trt_fp16_enable": bool(shapes and shapes.fp16)}  # fp32 graphs stay fp32: unchecked otherwise
     if shapes is not None:
         options.update(trt_profile_min_shapes=shapes.profile(1, 1),
                        trt_profile_opt_shapes=shapes.profile(min(shapes.opt_batch, shapes.max_batch),
@@ -174,7 +181,8 @@ class OnnxSession:
                  cache_dir: str = "", max_batch_size: int = 256) -> None:
         super().__init__(model_dir, device, max_length)  # type: ignore[call-arg]
         self.variant = variant
-        shapes = ShapeRange(self.inputs, max_batch_size, self.max_length)
+        dim = getattr(getattr(self, "vectors", None), "dim", 0)
+        shapes = ShapeRange(self.inputs, max_batch_size, self.max_length, feature_dim=dim, fp16=variant == "fp16")
         self.session = open_session(graph or onnx_path(model_dir, variant), device, threads, provider,
                                     Path(cache_dir) if cache_dir else None, shapes)
 

@@ -51,8 +51,11 @@ def test_cuda_provider_is_asked_for_by_itself_and_tensorrt_only_when_named(tmp_p
     assert (tmp_path / "trt").is_dir()
     assert trt["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert trt["trt_profile_max_shapes"] == "input_ids:32x512,attention_mask:32x512"
-    rnn = ShapeRange(("embeddings", "lengths"), max_batch=8, max_length=100)
-    assert rnn.profile(8, 100) == "embeddings:8x100,lengths:8"
+    assert trt["trt_fp16_enable"] is False  # an fp32 graph is not silently run in fp16
+    half = provider_list("cuda", "tensorrt", tmp_path, ShapeRange(shapes.inputs, 32, 512, fp16=True))[0][1]
+    assert half["trt_fp16_enable"] is True
+    rnn = ShapeRange(("embeddings", "lengths"), max_batch=8, max_length=100, feature_dim=300)
+    assert rnn.profile(8, 100) == "embeddings:8x100x300,lengths:8"  # rank 3, as the graph's input
     assert provider_list("cpu", "tensorrt", tmp_path, shapes) == ["CPUExecutionProvider"]
 
 
