@@ -17,12 +17,12 @@ from tests.conftest import CORPUS
 
 
 @pytest.mark.parametrize("family", ["roberta", "rnn"])
-def test_held_out_toxicity_auc_is_well_above_chance(demo_dir, family):
+def test_held_out_toxicity_auc_meets_the_demo_target(demo_dir, family):
     texts, y = read_labelled(CORPUS, split="test")
     classifier = load_classifier(demo_dir / family)
     report = per_label_report(classifier.labels, y, classifier.predict(texts))
     print(f"{family} held-out toxicity AUC {report['toxicity']['auc']:.3f}, AP {report['toxicity']['ap']:.3f}")
-    assert report["toxicity"]["auc"] > 0.75
+    assert report["toxicity"]["auc"] >= 0.95  # the demo's target (model_artifacts/README.md)
     clearly_toxic = y[:, 0] >= 0.8
     clearly_benign = y[:, 0] <= 0.1
     scores = classifier.predict(texts)[:, 0]

@@ -17,7 +17,7 @@ from serving.config import Settings
 from serving.corpus import read_labelled
 from serving.evaluation import confusion, evaluate_scores, label_warnings
 from serving.handlers import Handler
-from serving.service import InferenceService
+from serving.service import InferenceService, read_thresholds
 from tests.conftest import CORPUS
 
 TEXTS, Y = read_labelled(CORPUS, split="test")
@@ -45,11 +45,14 @@ def report(rnn_dir, tmp_path_factory):
 def test_figures_equal_scikit_learn(report, rnn_dir):
     figures = json.loads((report / "report.json").read_text())["models"]["lstm"]
     scores = evaluated_scores(rnn_dir)
-    for j, label in enumerate(load_classifier(rnn_dir).labels):
+    labels = load_classifier(rnn_dir).labels
+    thresholds = read_thresholds(rnn_dir, labels)  # the demo ships thresholds.json; the report applies it
+    assert set(thresholds) == set(labels)
+    for j, label in enumerate(labels):
         y = Y[:, j] >= 0.5
         assert figures[label]["auc"] == pytest.approx(roc_auc_score(y, scores[:, j]), abs=1e-9)
         assert figures[label]["ap"] == pytest.approx(average_precision_score(y, scores[:, j]), abs=1e-9)
-        tn, fp, fn, tp = confusion_matrix(y, scores[:, j] >= 0.5, labels=[False, True]).ravel()
+        tn, fp, fn, tp = confusion_matrix(y, scores[:, j] >= thresholds[label], labels=[False, True]).ravel()
         at = figures[label]["at_threshold"]
         assert (at["tp"], at["fp"], at["fn"], at["tn"]) == (tp, fp, fn, tn)
         assert sum(figures[label]["histogram_positives"]) == y.sum()

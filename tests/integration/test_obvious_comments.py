@@ -1,0 +1,121 @@
+"""Both demo models decide obvious comments as a new user expects, with the thresholds they ship.
+
+The comments below were written for this check and appear nowhere in the demo corpus (asserted): a benign
+one is right when no label is served, a toxic one when `toxicity` is. Greetings and thanks must all pass.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from serving import load_classifier
+from serving.config import Settings
+from serving.service import InferenceService, RequestOptions
+
+CORPUS = Path(__file__).resolve().parents[2] / "model_artifacts" / "data" / "comments.csv"
+
+GREETINGS_AND_THANKS = [
+    "hello, world",
+    "hi everyone",
+    "Good morning!",
+    "hey, how are you?",
+    "Hello there, nice to meet you.",
+    "thanks for your help",
+    "Thank you so much!",
+    "thanks, that fixed it",
+    "Much appreciated, have a great day.",
+    "have a nice day",
+]
+
+BENIGN = GREETINGS_AND_THANKS + [
+    "Happy birthday!",
+    "good luck tomorrow",
+    "What time does the store open?",
+    "can anyone recommend a good book?",
+    "Where can I download the update?",
+    "The library will be closed on Monday.",
+    "the team announced a new coach today",
+    "it will rain this afternoon",
+    "the battery lasts all day",
+    "This phone takes great photos.",
+    "I see your point, but I disagree.",
+    "I'm not sure that is right, could you share a source?",
+    "I made pancakes for breakfast",
+    "the sunset was beautiful tonight",
+    "looking forward to the weekend",
+    "the new search feature is a killer",
+    "I hate Mondays",
+    "that concert was sick",
+    "we crushed the other team 5-0",
+    "congratulations on the new job",
+]
+
+TOXIC = [
+    "you are an idiot",
+    "shut up, you stupid moron",
+    "what a pathetic loser",
+    "you are the dumbest person I have ever met",
+    "nobody likes you, you worthless clown",
+    "go away, idiot",
+    "you're so stupid it hurts",
+    "what an ignorant fool",
+    "you are a disgusting pig",
+    "only a moron would believe this",
+    "I will kill you",
+    "I'm going to find you and hurt you",
+    "watch your back, I know where you live",
+    "I will break your neck",
+    "go kill yourself",
+    "I hope you die",
+    "this is f***ing bullshit",
+    "what the hell is wrong with you, dumbass",
+    "screw you and your crap",
+    "all immigrants are criminals",
+    "women are too stupid to vote",
+    "gay people are disgusting",
+    "send me nudes",
+    "she is a slut",
+    "your opinion is garbage and so are you",
+]
+
+REQUIRED_SHARE = 0.95
+
+
+def test_the_sanity_set_is_not_in_the_corpus():
+    with CORPUS.open(newline="", encoding="utf-8") as f:
+        corpus = {row["comment_text"].lower().strip(" .!?") for row in csv.DictReader(f)}
+    assert len(BENIGN) + len(TOXIC) >= 40
+    leaked = [text for text in BENIGN + TOXIC if text.lower().strip(" .!?") in corpus]
+    assert not leaked
+
+
+@pytest.fixture(scope="module", params=["roberta", "rnn"])
+def served(request, demo_dir):
+    """The demo model as the server runs it: its backend, its thresholds.json."""
+    folder = demo_dir / request.param
+    assert (folder / "thresholds.json").is_file(), "the demo build writes thresholds picked on the held-out split"
+    service = InferenceService(load_classifier(folder), Settings(), folder)
+    yield request.param, service
+    service.stop(5)
+
+
+def served_labels(service: InferenceService, texts: list[str]) -> list[list[str]]:
+    return [result["labels"] for result in service.classify(texts, RequestOptions()).results]
+
+
+def test_obvious_comments_are_decided_right(served):
+    family, service = served
+    benign = served_labels(service, BENIGN)
+    toxic = served_labels(service, TOXIC)
+    flagged = [(text, labels) for text, labels in zip(BENIGN, benign, strict=True) if labels]
+    missed = [text for text, labels in zip(TOXIC, toxic, strict=True) if "toxicity" not in labels]
+    right = len(BENIGN) - len(flagged) + len(TOXIC) - len(missed)
+    share = right / (len(BENIGN) + len(TOXIC))
+    print(f"{family}: {right}/{len(BENIGN) + len(TOXIC)} right; flagged {flagged}; missed {missed}")
+    assert share >= REQUIRED_SHARE, f"{family}: {share:.1%} right; benign flagged {flagged}; toxic missed {missed}"
+    greetings = benign[: len(GREETINGS_AND_THANKS)]  # BENIGN starts with them
+    greeted = [(text, labels) for text, labels in zip(GREETINGS_AND_THANKS, greetings, strict=True) if labels]
+    assert not greeted, f"{family} flags greetings or thanks: {greeted}"
