@@ -207,6 +207,8 @@ class Batcher:
                 raise RequestTimeout("request timed out waiting for room in the queue")
             if self._failure is not None:
                 raise self._failure
+            if self._stopping:  # stopped while this part waited for room
+                raise NotReady("the server is shutting down")
             if len(self._waiting) + len(encoded) > self.max_queue_texts:
                 raise QueueFull(
                     f"queue is full ({len(self._waiting)} texts waiting, limit {self.max_queue_texts}); retry later"

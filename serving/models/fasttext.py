@@ -64,7 +64,15 @@ class SubwordVectors:
         self.vocab = vocab
         self.min_n, self.max_n, self.buckets = min_n, max_n, buckets
         self.dim = matrix.shape[1]
-        self.rows_of = functools.lru_cache(maxsize=200_000)(self._rows_of)
+        self._cached_rows_of = functools.lru_cache(maxsize=200_000)(self._rows_of)
+
+    def rows_of(self, word: str) -> tuple[int, ...]:
+        """The word's matrix rows. Only words of ordinary length are cached: a long word's tuple is hundreds of
+        entries, and a stream of distinct long words (random strings) would otherwise grow the cache by
+        gigabytes before its entry limit bites."""
+        if len(word) <= CACHED_WORD_CHARS:
+            return self._cached_rows_of(word)
+        return self._rows_of(word)
 
     @classmethod
     def from_fasttext_file(cls, path: Path, cache_root: Path | None = None) -> SubwordVectors:
@@ -94,14 +102,34 @@ class SubwordVectors:
         return self.matrix[list(rows)].mean(axis=0)
 
 
+CACHED_WORD_CHARS = 24
 CACHE_ENV = "SERVING_VECTORS_CACHE"
 CACHE_META = "meta.json"  # written last: a folder without it is incomplete
 
 
-def cache_folder(path: Path, cache_root: Path | None = None) -> Path:
+def cache_root(given: Path | None = None) -> Path:
+    """The cache's root: given, else $SERVING_VECTORS_CACHE, else a folder of this user's in the temp dir,
+    private (0700) and checked to be theirs, so another local user cannot plant or read the matrices."""
+    if given is not None:
+        return given
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = Path(tempfile.gettempdir()) / f"toxserve-vectors-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        stat = root.lstat()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot create the vectors cache {root} ({exc}); set {CACHE_ENV}") from exc
+    if not root.is_dir() or root.is_symlink() or stat.st_uid != os.getuid() or stat.st_mode & 0o077:
+        raise ModelLoadError(f"the vectors cache {root} is not a private folder of this user (uid {os.getuid()}); "
+                             f"remove it or set {CACHE_ENV}")
+    return root
+
+
+def cache_folder(path: Path, root: Path | None = None) -> Path:
     """Where a `.bin`'s matrix is cached: keyed by its size, modification time and first and last megabyte, not
     its path, so each extraction of the same model.tar.gz (a new temporary folder) finds the same cache."""
-    root = cache_root or Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "toxserve-vectors")
+    root = cache_root(root)
     stat = path.stat()
     digest = hashlib.sha256(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
     with path.open("rb") as stream:
@@ -124,8 +152,21 @@ def prepare_cache(path: Path, cache_root: Path | None = None) -> Path:
         kv = load_facebook_vectors(str(path))
     except Exception as exc:  # gensim raises struct, value and EOF errors for bad files
         raise ModelLoadError(f"{path}: missing or corrupt fastText model ({exc})") from exc
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    staging = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        _write_cache(kv, path, staging, folder)
+    except OSError as exc:  # a full disk, a read-only or foreign cache folder: a load error, not a crash
+        raise ModelLoadError(f"{path}: cannot write the vectors cache under {folder.parent} ({exc}); "
+                             f"set {CACHE_ENV} to a writable folder") from exc
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _write_cache(kv, path: Path, staging: Path, folder: Path) -> None:
     rows = len(kv.vectors) + (len(kv.vectors_ngrams) if kv.bucket else 0)
     matrix = np.lib.format.open_memmap(staging / "matrix.npy", mode="w+", dtype=np.float32,
                                        shape=(rows, kv.vector_size))
@@ -140,9 +181,6 @@ def prepare_cache(path: Path, cache_root: Path | None = None) -> Path:
     try:
         staging.rename(folder)
     except OSError:
-        if (folder / CACHE_META).is_file():  # another process finished the same cache first: theirs is as good
-            shutil.rmtree(staging, ignore_errors=True)
-        else:  # the leftovers of a writer that died
-            shutil.rmtree(folder, ignore_errors=True)
+        if not (folder / CACHE_META).is_file():  # the leftovers of a writer that died (else: another process
+            shutil.rmtree(folder, ignore_errors=True)  # finished the same cache first, and theirs is as good)
             staging.rename(folder)
-    return folder

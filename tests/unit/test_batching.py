@@ -314,3 +314,30 @@ def test_a_request_whose_deadline_passed_before_queueing_never_reaches_the_model
             batcher.submit(texts(3), 0.0)
         assert model.batches == [] and batcher.queued_texts == 0
         batcher.stop()
+
+
+def test_a_part_waiting_for_room_when_the_server_stops_is_told_it_is_shutting_down():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_queue_texts=1)
+    batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    queued = batcher.submit(texts(2), 10)
+    outcome: list = []
+
+    def wait_then_record():
+        try:
+            outcome.append(batcher.submit(texts(3), 10, wait_for_room=True))
+        except Exception as exc:  # noqa: BLE001 - the test asserts which one
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_then_record)
+    waiter.start()
+    waiter.join(0.05)
+    stopper = threading.Thread(target=batcher.stop)
+    stopper.start()  # SIGTERM's drain: refuse new work, finish what is queued
+    waiter.join(5)
+    assert outcome and isinstance(outcome[0], NotReady), outcome  # 503, not 429 and not queued after the stop
+    model.gate.set()
+    assert queued.result(10).scores[:, 0].tolist() == [2]  # what was queued before the stop still completes
+    stopper.join(10)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+import tempfile
+
 import numpy as np
 import pytest
 from gensim.models import FastText
@@ -100,3 +105,49 @@ def test_an_unfinished_cache_is_rebuilt_and_a_corrupt_file_is_a_load_error(small
     broken.write_bytes(b"\x00" * 100)
     with pytest.raises(ModelLoadError, match="missing or corrupt fastText model"):
         SubwordVectors.from_fasttext_file(broken, tmp_path / "cache")
+
+
+def test_the_default_cache_is_a_private_folder_of_this_user(small_model, tmp_path, monkeypatch):
+    from serving.errors import ModelLoadError
+    from serving.models.fasttext import CACHE_ENV, cache_folder
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    vectors = SubwordVectors.from_fasttext_file(small_model)
+    root = tmp_path / f"toxserve-vectors-{os.getuid()}"
+    assert cache_folder(small_model).parent == root and vectors.matrix.shape[0] > 0
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    root.chmod(0o777)  # as if another local user had made it first, for everyone to write into
+    with pytest.raises(ModelLoadError, match="not a private folder of this user"):
+        SubwordVectors.from_fasttext_file(small_model)
+
+
+def test_a_cache_that_cannot_be_written_is_a_load_error_and_leaves_nothing_behind(small_model, tmp_path,
+                                                                                   monkeypatch):
+    from serving.errors import ModelLoadError
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(ModelLoadError, match="cannot write the vectors cache"):
+        SubwordVectors.from_fasttext_file(small_model, not_a_folder)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", disk_full)
+    root = tmp_path / "cache"
+    with pytest.raises(ModelLoadError, match="No space left on device"):
+        SubwordVectors.from_fasttext_file(small_model, root)
+    assert list(root.iterdir()) == []  # the staging folder is gone
+
+
+def test_long_words_are_not_kept_in_the_rows_cache(small_model, tmp_path):
+    from serving.models.fasttext import CACHED_WORD_CHARS
+
+    vectors = SubwordVectors.from_fasttext_file(small_model, tmp_path / "cache")
+    for i in range(50):
+        assert vectors.rows_of(f"{i:03d}" + "x" * 90)  # distinct 93-character words, hashed each time
+    assert vectors._cached_rows_of.cache_info().currsize == 0
+    word = "y" * CACHED_WORD_CHARS
+    assert vectors.rows_of(word) == vectors.rows_of(word)
+    assert vectors._cached_rows_of.cache_info().currsize == 1
