@@ -29,7 +29,7 @@ def resolve_model_dir(path: str | os.PathLike | None = None, extract_root: Path 
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
         target = Path(tempfile.mkdtemp(prefix="model-", dir=extract_root))
-        atexit.register(_remove_when_owner_exits, target, os.getpid())
+        atexit.register(remove_when_owner_exits, target, os.getpid())
         extract_archive(path, target)
         return target
     if not path.is_dir():
@@ -37,7 +37,7 @@ def resolve_model_dir(path: str | os.PathLike | None = None, extract_root: Path 
     return path
 
 
-def _remove_when_owner_exits(folder: Path, owner_pid: int) -> None:
+def remove_when_owner_exits(folder: Path, owner_pid: int) -> None:
     """The extracted folder lives as long as the process that extracted it (serve's master): forked workers
     inherit this exit hook, and one that exits (replaced, recycled) must not delete its successor's model."""
     if os.getpid() == owner_pid:
@@ -123,20 +123,36 @@ def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
     backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "auto",
     provider: str = "cuda", cache_dir: str = "", max_text_chars: int = 0, max_word_chars: int = 0,
-    max_batch_size: int = 256,
+    max_batch_size: int = 256, accelerator=None,
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make.
 
     On a GPU, reduced precision is checked where it runs: torch `dtype` auto and an ONNX fp16 graph are served
     only when their scores agree with fp32 on the same device (serving.precision), else fp32 with the reason.
     `max_text_chars` / `max_word_chars` (LSTM) override the input caps (0: the model's defaults);
-    `max_batch_size` bounds the shapes TensorRT's engine is built for."""
-    classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir,
-                       max_batch_size)
+    `max_batch_size` bounds the shapes TensorRT's engine is built for; `accelerator` (a SimulatedAccelerator)
+    is the device of backend sim (default: device 0 at the default costs)."""
+    if backend == "sim":
+        classifier = _load_simulated(path, max_length, accelerator)
+    else:
+        classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir,
+                           max_batch_size)
     classifier.max_text_chars = max_text_chars
     if max_word_chars and hasattr(classifier, "max_word_chars"):
         classifier.max_word_chars = max_word_chars  # type: ignore[attr-defined]
     return classifier
+
+
+def _load_simulated(path, max_length: int | None, accelerator) -> Classifier:
+    from serving.models.simulated import SimulatedAccelerator, SimulatedRNNClassifier, SimulatedRobertaClassifier
+
+    model_dir = resolve_model_dir(path)
+    family = detect_family(model_dir)
+    accelerator = accelerator or SimulatedAccelerator()
+    log.info("loading %s model's text side from %s on simulated accelerator %s (%.3g ms + %.3g us/token)", family,
+             model_dir, accelerator.name, accelerator.fixed_ms, accelerator.per_token_us)
+    runtime = SimulatedRNNClassifier if family == "rnn" else SimulatedRobertaClassifier
+    return runtime(model_dir, accelerator, max_length)
 
 
 def _load(path, device: str, max_length: int | None, backend: str, variant: str, threads: int, dtype: str,

@@ -34,8 +34,15 @@ class Settings:
         "help": "auto (every visible GPU, else the CPU), cpu, cuda (every visible GPU) or cuda:N (that one); "
                 "CUDA_VISIBLE_DEVICES, indices or UUIDs, is the set of GPUs visible"})
     backend: str = field(default="auto", metadata={
-        "help": "auto (ONNX Runtime fp32 on CPU when the folder has a current export, else torch), torch, or onnx "
-                "(ONNX Runtime over onnx/ in the folder, any variant)"})
+        "help": "auto (ONNX Runtime fp32 on CPU when the folder has a current export, else torch), torch, onnx "
+                "(ONNX Runtime over onnx/ in the folder, any variant), or sim (simulated accelerators for capacity "
+                "planning: the real tokenizer, a forward that waits sim_fixed_ms + sim_per_token_us per padded "
+                "token and returns constant scores)"})
+    sim_devices: int = field(default=1, metadata={
+        "help": "simulated accelerators with backend sim; workers are pinned to them as to GPUs"})
+    sim_fixed_ms: float = field(default=0.5, metadata={"help": "simulated forward: fixed milliseconds"})
+    sim_per_token_us: float = field(default=2.0, metadata={
+        "help": "simulated forward: microseconds per padded token (batch x longest)"})
     torch_dtype: str = field(default="auto", metadata={
         "help": "auto (GPU: fp16 when its scores agree with fp32 at start-up, else fp32; CPU: fp32), fp32, fp16 or "
                 "bf16 (compute capability 8.0+), with backend torch"})
@@ -67,18 +74,18 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("port", "threads", "timeout_s", "max_batch_size", "max_batch_tokens", "max_queue_texts",
-                    "max_word_chars")
+                    "max_word_chars", "sim_devices")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("workers", "torch_threads", "max_length", "max_batch_delay_ms", "graceful_timeout_s",
-                     "max_text_chars"):
+                     "max_text_chars", "sim_fixed_ms", "sim_per_token_us"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not (self.max_batch_padding == -1 or 0 <= self.max_batch_padding <= 1):
             raise ValueError(f"max_batch_padding must be -1 (auto) or within 0-1, got {self.max_batch_padding}")
-        if self.backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"backend must be auto, torch or onnx, got {self.backend!r}")
+        if self.backend not in ("auto", "torch", "onnx", "sim"):
+            raise ValueError(f"backend must be auto, torch, onnx or sim, got {self.backend!r}")
         if self.torch_dtype not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"torch_dtype must be auto, fp32, fp16 or bf16, got {self.torch_dtype!r}")
         if self.onnx_provider not in ("cuda", "tensorrt"):

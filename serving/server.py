@@ -61,9 +61,11 @@ class Server(BaseApplication):
         self.settings = settings
         self.model_dir = model_dir
         self.gpus = gpus
+        # Accelerators the workers are spread over and pinned to: the GPUs, or backend sim's simulated ones.
+        self.accelerators = settings.sim_devices if settings.backend == "sim" else len(gpus)
         # CPU: one single-threaded worker per core measured faster than one worker with a thread per core
         # (the GIL caps one process near 550 req/s; OpenMP teams off the main thread lose 25-50%).
-        self.workers = settings.workers or len(gpus) * settings.workers_per_gpu or (os.cpu_count() or 1)
+        self.workers = settings.workers or self.accelerators * settings.workers_per_gpu or (os.cpu_count() or 1)
         super().__init__()
 
     def load_config(self) -> None:
@@ -94,17 +96,22 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def pre_fork(self, server, worker) -> None:
-        """Give the new worker the GPU the fewest live workers hold (in the master, before fork)."""
-        if self.gpus:
+        """Give the new worker the accelerator the fewest live workers hold (in the master, before fork)."""
+        if self.accelerators:
             in_use = [w.gpu_slot for w in server.WORKERS.values() if hasattr(w, "gpu_slot")]
-            worker.gpu_slot = next_slot(in_use, len(self.gpus))
+            worker.gpu_slot = next_slot(in_use, self.accelerators)
 
     def post_fork(self, server, worker) -> None:
-        """Pin the worker to its GPU by the host's own name for it (an index or a UUID)."""
+        """Pin the worker to its GPU by the host's own name for it (an index or a UUID), or to its simulated one."""
         if self.gpus:
             gpu = self.gpus[worker.gpu_slot]
             os.environ[VISIBLE_ENV] = gpu.visible_id
             log.info("worker %d pinned: %s=%s (%s)", os.getpid(), VISIBLE_ENV, os.environ[VISIBLE_ENV], gpu.name)
+        elif self.accelerators:
+            from serving.models.simulated import DEVICE_ENV
+
+            os.environ[DEVICE_ENV] = str(worker.gpu_slot)
+            log.info("worker %d pinned to simulated accelerator %d", os.getpid(), worker.gpu_slot)
 
     def worker_exit(self, server, worker) -> None:
         """After gunicorn's graceful drain: let the batcher finish what it holds."""
@@ -124,6 +131,12 @@ class Server(BaseApplication):
         s = self.settings
         device = "cuda" if self.gpus else "cpu"  # a GPU worker sees only its own GPU, as device 0
         threads = set_torch_threads(s.torch_threads, self.workers, device)
+        accelerator = None
+        if s.backend == "sim":
+            from serving.models.simulated import DEVICE_ENV, SimulatedAccelerator
+
+            accelerator = SimulatedAccelerator(int(os.environ.get(DEVICE_ENV, "0")), s.sim_fixed_ms,
+                                               s.sim_per_token_us)
 
         def build() -> Handler:
             user_module = load_user_module(self.model_dir)
@@ -134,7 +147,7 @@ class Server(BaseApplication):
                                          backend=s.backend, variant=s.onnx_variant, threads=threads,
                                          dtype=s.torch_dtype, provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,
                                          max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars,
-                                         max_batch_size=s.max_batch_size)
+                                         max_batch_size=s.max_batch_size, accelerator=accelerator)
             service = InferenceService(classifier, s, self.model_dir, on_batch=observe_batch,
                                        on_device_failure=replace_this_worker)
             return Handler(service, user_module, max_waiting=s.max_queue_texts)
@@ -190,14 +203,23 @@ def run(settings: Settings) -> None:
     fresh_metrics_dir()
     if family == "rnn":
         share_vectors(model_dir)
-    try:
-        gpus = discover(settings.device)
-    except RuntimeError as exc:
-        raise ValueError(f"could not list the GPUs: {exc}") from exc
-    check_dtype(settings.torch_dtype, gpus)
+    if settings.backend == "sim":  # no GPU is asked anything: the workers' devices are simulated
+        from serving.models.simulated import LOCKS_ENV, make_device_locks
+
+        gpus: list[Gpu] = []
+        os.environ[LOCKS_ENV] = str(make_device_locks(settings.sim_devices))
+    else:
+        try:
+            gpus = discover(settings.device)
+        except RuntimeError as exc:
+            raise ValueError(f"could not list the GPUs: {exc}") from exc
+        check_dtype(settings.torch_dtype, gpus)
     server = Server(settings, model_dir, gpus)
     log.info("serving %s model from %s with settings %s", family, model_dir, settings.describe())
-    if gpus:
+    if settings.backend == "sim":
+        log.info("layout: %d worker(s) over %d simulated accelerator(s) (%.3g ms + %.3g us per padded token)",
+                 server.workers, settings.sim_devices, settings.sim_fixed_ms, settings.sim_per_token_us)
+    elif gpus:
         log.info("layout: %d worker(s) over %d GPU(s), %d torch thread(s) each: %s", server.workers, len(gpus),
                  settings.torch_threads or GPU_WORKER_THREADS, "; ".join(g.describe() for g in gpus))
     else:

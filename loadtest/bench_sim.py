@@ -1,0 +1,99 @@
+"""Front-end capacity on simulated accelerators: the host CPU a request costs when the model costs none.
+
+`serve --backend sim` (each forward waits fixed + per-token x padded tokens and returns constant scores;
+reading, tokenising, batching and HTTP run for real), single-text requests from the log-normal length mix
+(median 40 words), closed loop on loopback at concurrency 1 and 64. Layouts: one worker on one simulated
+device (what `serve` runs on a one-GPU host) and two workers on two. Per layout: c=1 p50, c=64 req/s and
+errors, the server's host CPU per request (master and workers, from psutil) and the load generator's own
+(it shares the machine's cores).
+
+    python loadtest/bench_sim.py [--model-dir DIR] [--duration 15] [--fixed-ms 0.5] [--per-token-us 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from loadtest.bench_server import serve, text_mix  # noqa: E402
+from loadtest.closed_loop import run_closed_loop  # noqa: E402
+
+LAYOUTS = {"1 worker, 1 device": 1, "2 workers, 2 devices": 2}
+
+
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server's whole process tree so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(model_dir: Path, devices: int, args, texts: list[str], log_path: Path) -> dict:
+    port = 18600 + os.getpid() % 1000
+    flags = ["--backend", "sim", "--sim-devices", str(devices), "--sim-fixed-ms", str(args.fixed_ms),
+             "--sim-per-token-us", str(args.per_token_us)]
+    process = serve(model_dir, port, flags, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        run_closed_loop(url, texts, 4, 2.0)  # warm connections and caches
+        rows = {}
+        for concurrency in (1, 64):
+            before = server_cpu_s(process.pid)
+            result = run_closed_loop(url, texts, concurrency, args.duration)
+            row = result.summary()
+            row["server_cpu_ms_per_req"] = round(1000 * (server_cpu_s(process.pid) - before)
+                                                 / max(1, result.requests), 3)
+            rows[f"c{concurrency}"] = row
+            print("   ", row, flush=True)
+        return rows
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=REPO / "model_artifacts" / "demo" / "roberta",
+                        help="a model folder: only its text side runs")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+    parser.add_argument("--fixed-ms", type=float, default=0.5)
+    parser.add_argument("--per-token-us", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=Path("bench_sim.json"))
+    args = parser.parse_args(argv)
+    texts = text_mix(2000)
+    work = Path(tempfile.mkdtemp(prefix="toxserve-bench-sim-"))
+    report = {"conditions": {"model_dir": str(args.model_dir), "fixed_ms": args.fixed_ms,
+                             "per_token_us": args.per_token_us, "duration_s": args.duration,
+                             "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                             "python": platform.python_version()},
+              "layouts": {}}
+    for name, devices in LAYOUTS.items():
+        print(name, flush=True)
+        report["layouts"][name] = measure(args.model_dir, devices, args, texts, work / f"serve-{devices}.log")
+    args.out.write_text(json.dumps(report, indent=2))
+    print("| layout | c=1 p50 ms | c=64 req/s | c=64 errors | server CPU ms/req (c=64) | client CPU ms/req |")
+    print("|---|---|---|---|---|---|")
+    for name, rows in report["layouts"].items():
+        print(f"| {name} | {rows['c1']['p50_ms']} | {rows['c64']['req_per_s']} | {rows['c64']['errors']} | "
+              f"{rows['c64']['server_cpu_ms_per_req']} | {rows['c64']['client_cpu_ms_per_req']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`serve --backend sim`: the real server over HTTP, workers pinned to simulated accelerators as to GPUs."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from serving.models.simulated import SIM_SCORE
+from tests.e2e.conftest import running_server
+
+
+@pytest.mark.parametrize("family", ["roberta", "rnn"])
+def test_serve_spreads_workers_over_simulated_devices_and_answers_every_request(demo_dir, tmp_path, family):
+    env = {"SERVING_BACKEND": "sim", "SERVING_SIM_DEVICES": "2", "SERVING_SIM_FIXED_MS": "2",
+           "SERVING_SIM_PER_TOKEN_US": "5"}
+    with running_server(tmp_path, "--model-dir", str(demo_dir / family), env=env) as server:
+        body = {"inputs": [f"comment number {i}, " + "word " * (i % 40) for i in range(8)]}
+
+        def invoke(_):
+            return requests.post(server.url + "/invocations", json=body, timeout=30)
+
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(invoke, range(64)))
+        assert [r.status_code for r in responses] == [200] * 64
+        predictions = responses[0].json()["predictions"]
+        assert len(predictions) == 8 and all(p["labels"] == [] for p in predictions)
+        assert all(score == pytest.approx(SIM_SCORE) for p in predictions for score in p["scores"].values())
+        log = server.log()
+        assert "layout: 2 worker(s) over 2 simulated accelerator(s)" in log
+        assert sorted(re.findall(r"pinned to simulated accelerator (\d)", log)) == ["0", "1"]
+        assert "GPU(s)" not in log and "CUDA_VISIBLE_DEVICES=" not in log  # no GPU is listed or pinned
