@@ -6,6 +6,7 @@ function it defines replaces that step, the others keep the defaults below.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import importlib.util
@@ -123,34 +124,45 @@ def load_user_module(model_dir: Path | None, program: str | None = None) -> Any 
 
 class OneAtATime:
     """User code runs one request at a time per worker, as the SageMaker toolkits run it (a module may declare
-    `THREAD_SAFE = True` to opt out); waiting requests are bounded like the batcher's queue (429) and wait no
-    longer than their deadline (504)."""
+    `THREAD_SAFE = True` to opt out). Requests take turns in arrival order (a plain lock lets a late arrival
+    overtake, and under steady load starve, an early one); at most `max_waiting` wait (then 429), none longer
+    than its deadline (504)."""
 
     def __init__(self, max_waiting: int) -> None:
         self.max_waiting = max_waiting
-        self._running = threading.Lock()
-        self._count = threading.Lock()
-        self._waiting = 0
+        self._cond = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()
+        self._busy = False
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
-        with self._count:
-            if self._waiting >= self.max_waiting:
-                raise QueueFull(f"{self._waiting} requests wait for the model's code (limit {self.max_waiting}); "
+        me = object()
+        with self._cond:
+            if len(self._queue) >= self.max_waiting:
+                raise QueueFull(f"{len(self._queue)} requests wait for the model's code (limit {self.max_waiting}); "
                                 "retry later")
-            self._waiting += 1
-        try:
+            self._queue.append(me)
             deadline = request_deadline.get()
-            left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if not self._running.acquire(timeout=left):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not self._cond.wait_for(lambda: not self._busy and self._queue[0] is me, left):
+                self._queue.remove(me)
+                self._cond.notify_all()  # the one behind may be first now
                 raise RequestTimeout("request timed out waiting for the model's code")
-        finally:
-            with self._count:
-                self._waiting -= 1
+            self._queue.popleft()
+            self._busy = True
         try:
             yield
         finally:
-            self._running.release()
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+def user_code_waiting_limit(max_queue_texts: int, threads: int) -> int:
+    """Requests that may wait for one worker's user code: the queue limit, but at most half the worker's request
+    threads, so that 429 comes back before every thread is taken (past that, requests wait unseen in the listen
+    backlog) and /ping still finds a free thread."""
+    return max(1, min(max_queue_texts, threads // 2))
 
 
 class Handler:

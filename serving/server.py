@@ -124,7 +124,7 @@ class Server(BaseApplication):
         from serving.app import create_app
         from serving.artifacts import load_classifier
         from serving.device import set_torch_threads
-        from serving.handlers import Handler, load_user_module
+        from serving.handlers import Handler, load_user_module, user_code_waiting_limit
         from serving.metrics import observe_batch
         from serving.service import InferenceService
 
@@ -138,11 +138,13 @@ class Server(BaseApplication):
             accelerator = SimulatedAccelerator(int(os.environ.get(DEVICE_ENV, "0")), s.sim_fixed_ms,
                                                s.sim_per_token_us)
 
+        waiting = user_code_waiting_limit(s.max_queue_texts, s.threads)
+
         def build() -> Handler:
             user_module = load_user_module(self.model_dir)
             model_fn = getattr(user_module, "model_fn", None)
             if model_fn is not None:
-                return Handler(model_fn(str(self.model_dir)), user_module, max_waiting=s.max_queue_texts)
+                return Handler(model_fn(str(self.model_dir)), user_module, max_waiting=waiting)
             classifier = load_classifier(self.model_dir, device=device, max_length=s.max_length or None,
                                          backend=s.backend, variant=s.onnx_variant, threads=threads,
                                          dtype=s.torch_dtype, provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,
@@ -150,7 +152,7 @@ class Server(BaseApplication):
                                          max_batch_size=s.max_batch_size, accelerator=accelerator)
             service = InferenceService(classifier, s, self.model_dir, on_batch=observe_batch,
                                        on_device_failure=replace_this_worker)
-            return Handler(service, user_module, max_waiting=s.max_queue_texts)
+            return Handler(service, user_module, max_waiting=waiting)
 
         # the app answers /execution-parameters with the real worker count, not the setting's 0 (= automatic)
         return create_app(dataclasses.replace(s, workers=self.workers), build_handler=build, load_in_background=False)
