@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.classifier import Classifier
+from serving.device import fatal_device_error
 from serving.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,22 @@ def choose_half_or_full(load: Callable[[str], Classifier], half: str, full: str,
                         texts: Sequence[str] = CHECK_TEXTS) -> Classifier:
     """`load(half)` when its scores on `texts` agree with `load(full)`'s on the same device, else `load(full)`;
     the verdict is logged either way."""
-    reference = load(full)
+    try:
+        reference = load(full)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{what}: {half} is served only once its scores are checked against {full}, "
+                             f"which could not be loaded ({exc})") from exc
     expected = reference.predict(texts)
     try:
         candidate = load(half)
-    except ModelLoadError as exc:
-        log.warning("%s: serving %s; %s failed to load (%s)", what, full, half, exc)
+        scores = candidate.predict(texts)
+    except Exception as exc:
+        if fatal_device_error(exc) is not None:  # the context is gone: fp32 would fail as well
+            raise
+        log.warning("%s: serving %s; %s failed (%s: %s)", what, full, half, type(exc).__name__, exc)
+        _release_cached_memory()
         return reference
-    found = agreement(expected, candidate.predict(texts))
+    found = agreement(expected, scores)
     if found.within(HALF_MAX_ABS_DIFF, HALF_MIN_DECISIONS_AGREE):
         log.info("%s: serving %s; on %d check texts against %s: %s", what, half, len(texts), full, found)
         del reference

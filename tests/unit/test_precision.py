@@ -49,7 +49,38 @@ def test_fp16_that_does_not_agree_falls_back_to_fp32_saying_why(caplog, how):
     with caplog.at_level(logging.INFO):
         chosen = choose_half_or_full(loader(None if "load" in how else error, []), "fp16", "fp32", "torch")
     assert chosen.precision == "fp32"
-    assert "serving fp32" in caplog.text and ("missed the tolerance" in caplog.text or "failed to load" in caplog.text)
+    assert "serving fp32" in caplog.text and ("missed the tolerance" in caplog.text or "fp16 failed" in caplog.text)
+
+
+class Failing(Scorer):
+    def __init__(self, error: Exception) -> None:
+        self.precision, self.failure = "fp16", error
+
+    def predict(self, texts):
+        raise self.failure
+
+
+def test_fp16_whose_forward_fails_falls_back_to_fp32_unless_the_device_is_lost(caplog):
+    def load_with(failure):
+        return lambda precision: Failing(failure) if precision == "fp16" else Scorer("fp32", np.zeros((40, 7)))
+
+    with caplog.at_level(logging.INFO):
+        chosen = choose_half_or_full(load_with(RuntimeError("no kernel image for fp16 LayerNorm")), "fp16", "fp32",
+                                     "torch")
+    assert chosen.precision == "fp32" and "fp16 failed (RuntimeError: no kernel image" in caplog.text
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # fp32 in this context would fail too
+        choose_half_or_full(load_with(RuntimeError("CUDA error: an illegal memory access was encountered")),
+                            "fp16", "fp32", "torch")
+
+
+def test_fp16_is_not_served_unchecked_when_fp32_cannot_be_loaded():
+    def load(precision):
+        if precision == "fp32":
+            raise ModelLoadError("onnx/model.fp32.onnx: no such file")
+        return Scorer("fp16", np.zeros((40, 7)))
+
+    with pytest.raises(ModelLoadError, match="fp16 is served only once its scores are checked against fp32"):
+        choose_half_or_full(load, "fp16", "fp32", "ONNX on cuda")
 
 
 def test_agreement_counts_decisions_at_the_threshold():
