@@ -1,7 +1,7 @@
 """Builds the demo models from data/comments.csv: a small RoBERTox and a subword-LSTM, as SageMaker folders.
 
 Writes model_artifacts/demo/{roberta,rnn}/ and {roberta,rnn}.model.tar.gz, plus metrics.json
-(held-out AP/AUC per label). Seeded and deterministic on one machine; about 75 s on 2 cores.
+(held-out AP/AUC per label). Seeded and deterministic on one machine; about a minute on 2 cores.
 
     python model_artifacts/build_demo.py [--out DIR] [--force]
 """
@@ -45,7 +45,7 @@ def seed_everything(seed: int = SEED) -> None:
     torch.manual_seed(seed)
 
 
-def train_tokenizer(texts: list[str], out: Path, max_length: int) -> None:
+def train_tokenizer(texts: list[str], out: Path, max_length: int) -> int:
     """Byte-level BPE as RoBERTa uses, saved as tokenizer.json (+ the files transformers reads)."""
     from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
@@ -59,6 +59,7 @@ def train_tokenizer(texts: list[str], out: Path, max_length: int) -> None:
         cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=max_length,
     )
     wrapped.save_pretrained(out)
+    return len(wrapped)  # at most VOCAB_SIZE: BPE stops when no pair occurs twice
 
 
 def batches(lengths: list[int], size: int, rng: np.random.Generator):
@@ -72,13 +73,14 @@ def batches(lengths: list[int], size: int, rng: np.random.Generator):
         yield np.asarray(chunks[k])
 
 
-def corrupt_tokens(ids: torch.Tensor, mask: torch.Tensor, share: float, rng: np.random.Generator) -> torch.Tensor:
+def corrupt_tokens(ids: torch.Tensor, mask: torch.Tensor, share: float, vocab_size: int,
+                   rng: np.random.Generator) -> torch.Tensor:
     """Replace a share of the real tokens (not <s>, </s> or padding) by random ones, as BERT's pre-training
     does: the model learns not to hang a decision on one token, and an unfamiliar word in a benign comment
     (split into rare pieces) stops looking like evidence."""
     special = torch.tensor([0, 1, 2])
     replace = torch.from_numpy(rng.random(tuple(ids.shape)) < share) & mask.bool() & ~torch.isin(ids, special)
-    noise = torch.from_numpy(rng.integers(len(SPECIAL_TOKENS), VOCAB_SIZE, tuple(ids.shape)))
+    noise = torch.from_numpy(rng.integers(len(SPECIAL_TOKENS), vocab_size, tuple(ids.shape)))
     return torch.where(replace, noise, ids)
 
 
@@ -93,9 +95,9 @@ def train_roberta(texts: list[str], y: np.ndarray, out: Path, epochs: int = ROBE
     from transformers import RobertaConfig
 
     max_length = 128
-    train_tokenizer(texts, out, max_length)
+    vocab_size = train_tokenizer(texts, out, max_length)
     config = RobertaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
         max_position_embeddings=max_length + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2,
         type_vocab_size=1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
         id2label=dict(enumerate(JIGSAW_LABELS)), label2id={n: i for i, n in enumerate(JIGSAW_LABELS)},
@@ -122,7 +124,7 @@ def train_roberta(texts: list[str], y: np.ndarray, out: Path, epochs: int = ROBE
             for row, i in enumerate(idx):
                 ids[row, : encoded[i].length] = torch.from_numpy(encoded[i].features)
                 mask[row, : encoded[i].length] = 1
-            ids = corrupt_tokens(ids, mask, TOKEN_NOISE, rng)
+            ids = corrupt_tokens(ids, mask, TOKEN_NOISE, vocab_size, rng)
             loss = model(input_ids=ids, attention_mask=mask, labels=torch.from_numpy(y[idx])).loss
             optimizer.zero_grad()
             loss.backward()

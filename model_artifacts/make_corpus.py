@@ -124,17 +124,18 @@ def annotate(probabilities: dict[str, float], rng: random.Random) -> dict[str, f
     return labels
 
 
-def fill_templates(templates: list[str], count: int, taken: set[str], rng: random.Random) -> list[str]:
-    """`count` distinct sentences from the templates, none already in `taken`."""
-    cores: list[str] = []
+def fill_templates(templates: list[str], count: int, taken: set[str], rng: random.Random) -> list[tuple[str, str]]:
+    """`count` distinct (sentence, its template) from the templates, no sentence already in `taken`."""
+    cores: list[tuple[str, str]] = []
     for _ in range(count * 50):
         if len(cores) == count:
             break
-        core = re.sub(r"{(\w+)}", lambda m: rng.choice(SLOTS[m.group(1)]), rng.choice(templates))
+        template = rng.choice(templates)
+        core = re.sub(r"{(\w+)}", lambda m: rng.choice(SLOTS[m.group(1)]), template)
         core = re.sub(r"\ba (?=[aeiou])", "an ", re.sub(r"\s+", " ", core).strip())
         if core not in taken:
             taken.add(core)
-            cores.append(core)
+            cores.append((core, template))
     if len(cores) < count:
         raise ValueError(f"templates {templates} yield only {len(cores)} distinct sentences, {count} asked")
     return cores
@@ -145,14 +146,19 @@ def main() -> None:
     rows = []
     taken = {core for cores, _ in CATEGORIES.values() for core in cores}
     for name, (hand_written, probabilities) in CATEGORIES.items():
-        templated = fill_templates(TEMPLATES[name], TEMPLATED[name], taken, rng) if name in TEMPLATES else []
+        templates = TEMPLATES.get(name, [])
+        templated = fill_templates(templates, TEMPLATED[name], taken, rng) if templates else []
         kind = "toxic" if probabilities["toxicity"] >= 0.5 else "benign"
-        for cores, copies in ((hand_written, HAND_WRITTEN_COPIES), (templated, TEMPLATED_COPIES[kind])):
-            shuffled = cores[:]
+        # Hand-written sentences are held out one by one; templated ones by template, so a test sentence is
+        # never a training sentence with one slot filled differently.
+        units = [(hand_written, [(core, core) for core in hand_written], HAND_WRITTEN_COPIES),
+                 (templates, templated, TEMPLATED_COPIES[kind])]
+        for keys, cores, copies in units:
+            shuffled = keys[:]
             rng.shuffle(shuffled)
-            held_out = set(shuffled[: round(len(cores) * HELD_OUT)])
-            for core in cores:
-                split = "test" if core in held_out else "train"
+            held_out = set(shuffled[: max(1, round(len(keys) * HELD_OUT))]) if keys else set()
+            for core, key in cores:
+                split = "test" if key in held_out else "train"
                 for _ in range(copies):
                     rows.append({"comment_text": compose(core, rng), **annotate(probabilities, rng), "split": split})
     rng.shuffle(rows)
