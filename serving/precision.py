@@ -69,13 +69,17 @@ def choose_half_or_full(load: Callable[[str], Classifier], half: str, full: str,
         raise ModelLoadError(f"{what}: {half} is served only once its scores are checked against {full}, "
                              f"which could not be loaded ({exc})") from exc
     expected = reference.predict(texts)
+    failure, candidate = None, None
     try:
         candidate = load(half)
         scores = candidate.predict(texts)
     except Exception as exc:
         if fatal_device_error(exc) is not None:  # the context is gone: fp32 would fail as well
             raise
-        log.warning("%s: serving %s; %s failed (%s: %s)", what, full, half, type(exc).__name__, exc)
+        failure = f"{type(exc).__name__}: {exc}"
+    if failure is not None or candidate is None:  # outside the handler: no traceback holds the candidate's tensors
+        candidate = None
+        log.warning("%s: serving %s; %s failed (%s)", what, full, half, failure)
         _release_cached_memory()
         return reference
     found = agreement(expected, scores)

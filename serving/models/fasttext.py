@@ -64,15 +64,18 @@ class SubwordVectors:
         self.vocab = vocab
         self.min_n, self.max_n, self.buckets = min_n, max_n, buckets
         self.dim = matrix.shape[1]
-        self._cached_rows_of = functools.lru_cache(maxsize=200_000)(self._rows_of)
+        self._cached_ngram_rows = functools.lru_cache(maxsize=CACHED_WORDS)(self._ngram_rows)
 
     def rows_of(self, word: str) -> tuple[int, ...]:
-        """The word's matrix rows. Only words of ordinary length are cached: a long word's tuple is hundreds of
-        entries, and a stream of distinct long words (random strings) would otherwise grow the cache by
-        gigabytes before its entry limit bites."""
+        """The word's matrix rows: its own row, or (out of vocabulary) its hashed n-grams' rows. Only the n-gram
+        rows of words of ordinary length are cached, and only so many: a cached word holds ~90 Python ints, and
+        a stream of distinct random words would otherwise grow the cache by hundreds of megabytes."""
+        index = self.vocab.get(word)
+        if index is not None:
+            return (index,)
         if len(word) <= CACHED_WORD_CHARS:
-            return self._cached_rows_of(word)
-        return self._rows_of(word)
+            return self._cached_ngram_rows(word)
+        return self._ngram_rows(word)
 
     @classmethod
     def from_fasttext_file(cls, path: Path, cache_root: Path | None = None) -> SubwordVectors:
@@ -83,10 +86,7 @@ class SubwordVectors:
         matrix = np.load(folder / "matrix.npy", mmap_mode="r")
         return cls(matrix, {word: i for i, word in enumerate(words)}, meta["min_n"], meta["max_n"], meta["buckets"])
 
-    def _rows_of(self, word: str) -> tuple[int, ...]:
-        index = self.vocab.get(word)
-        if index is not None:
-            return (index,)
+    def _ngram_rows(self, word: str) -> tuple[int, ...]:
         if not self.buckets:
             return ()
         offset = len(self.vocab)
@@ -103,6 +103,7 @@ class SubwordVectors:
 
 
 CACHED_WORD_CHARS = 24
+CACHED_WORDS = 20_000  # out-of-vocabulary words whose n-gram rows are kept: at most ~80 MB per worker
 CACHE_ENV = "SERVING_VECTORS_CACHE"
 CACHE_META = "meta.json"  # written last: a folder without it is incomplete
 

@@ -12,10 +12,11 @@ from serving.models.simulated import SIM_SCORE
 from tests.e2e.conftest import running_server
 
 
-@pytest.mark.parametrize("family", ["roberta", "rnn"])
-def test_serve_spreads_workers_over_simulated_devices_and_answers_every_request(demo_dir, tmp_path, family):
-    env = {"SERVING_BACKEND": "sim", "SERVING_SIM_DEVICES": "2", "SERVING_SIM_FIXED_MS": "2",
-           "SERVING_SIM_PER_TOKEN_US": "5"}
+@pytest.mark.parametrize(("family", "devices", "per_device"), [("roberta", 2, 1), ("rnn", 1, 2)])
+def test_serve_spreads_workers_over_simulated_devices_and_answers_every_request(demo_dir, tmp_path, family,
+                                                                                 devices, per_device):
+    env = {"SERVING_BACKEND": "sim", "SERVING_SIM_DEVICES": str(devices), "SERVING_SIM_FIXED_MS": "2",
+           "SERVING_SIM_PER_TOKEN_US": "5", "SERVING_WORKERS_PER_GPU": str(per_device)}
     with running_server(tmp_path, "--model-dir", str(demo_dir / family), env=env) as server:
         body = {"inputs": [f"comment number {i}, " + "word " * (i % 40) for i in range(8)]}
 
@@ -29,6 +30,7 @@ def test_serve_spreads_workers_over_simulated_devices_and_answers_every_request(
         assert len(predictions) == 8 and all(p["labels"] == [] for p in predictions)
         assert all(score == pytest.approx(SIM_SCORE) for p in predictions for score in p["scores"].values())
         log = server.log()
-        assert "layout: 2 worker(s) over 2 simulated accelerator(s)" in log
-        assert sorted(re.findall(r"pinned to simulated accelerator (\d)", log)) == ["0", "1"]
+        assert f"layout: 2 worker(s) over {devices} simulated accelerator(s)" in log
+        pinned = sorted(re.findall(r"pinned to simulated accelerator (\d)", log))
+        assert pinned == (["0", "1"] if devices == 2 else ["0", "0"])
         assert "GPU(s)" not in log and "CUDA_VISIBLE_DEVICES=" not in log  # no GPU is listed or pinned

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,68 +29,74 @@ def test_a_forward_waits_fixed_plus_per_token_without_host_cpu(demo_dir, family)
     wall, cpu = time.perf_counter(), time.process_time()
     scores = classifier.predict_encoded(encoded)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    assert expected <= wall < expected + 0.05
+    assert expected <= wall < expected + 0.5  # a sleep overshoots a little, and more on a loaded machine
     assert cpu < 0.3 * expected  # it waited; it did not compute
     assert scores.shape == (3, len(classifier.labels)) and (scores == np.float32(SIM_SCORE)).all()
 
 
-def _forwards(locks: str, index: int, count: int, seconds: float, go, out) -> None:
+def _forwards(model_dir: str, locks: str, index: int, count: int, seconds: float, go, out) -> None:
+    """In a fresh process: the real simulated classifier on device `index` of the server's lock folder, its
+    time on the device (each sleep, which runs under the device's lock) recorded on the shared clock."""
     import os
 
     os.environ[LOCKS_ENV] = locks
-    from serving.models.simulated import SimulatedForward
+    from serving.models import simulated
 
-    class Bare(SimulatedForward):  # the device side alone, no model folder
-        labels = ("toxicity",)
+    classifier = simulated.SimulatedRobertaClassifier(Path(model_dir), SimulatedAccelerator(index, seconds * 1000, 0))
+    on_device = []
+    sleep = simulated.time.sleep
 
-        def __init__(self, accelerator):
-            self.accelerator = accelerator
-            self._lock_fd = os.open(f"{locks}/device-{accelerator.index}.lock", os.O_RDWR)
+    def recorded_sleep(duration):
+        started = time.monotonic()
+        sleep(duration)
+        on_device.append((started, time.monotonic()))
 
-        def prepare(self, batch):
-            pass
-
-    from serving.classifier import EncodedText
-
-    device = Bare(SimulatedAccelerator(index, fixed_ms=seconds * 1000, per_token_us=0))
+    simulated.time.sleep = recorded_sleep
+    encoded = classifier.encode(["hello"])
     out.put("ready")
     go.wait(30)
-    started = time.monotonic()
     for _ in range(count):
-        device.predict_encoded([EncodedText(np.zeros(1), 1, False)])
-    out.put(time.monotonic() - started)
+        classifier.predict_encoded(encoded)
+    out.put(on_device)
 
 
 @pytest.mark.parametrize("devices", [1, 2])
-def test_processes_pinned_to_one_simulated_device_take_turns(devices):
-    """Two processes on one device never run forwards at once (a GPU's compute is shared); on two devices
-    they do."""
+def test_processes_pinned_to_one_simulated_device_take_turns(demo_dir, devices):
+    """Two processes on one device never hold it at once (a GPU's compute is shared); on two devices they do."""
     locks = str(make_device_locks(devices))
     context = multiprocessing.get_context("spawn")
     out, go = context.Queue(), context.Event()
-    workers = [context.Process(target=_forwards, args=(locks, i % devices, 4, 0.08, go, out)) for i in range(2)]
+    workers = [context.Process(target=_forwards, args=(str(demo_dir / "roberta"), locks, i % devices, 5, 0.06, go,
+                                                        out)) for i in range(2)]
     for worker in workers:
         worker.start()
-    assert [out.get(timeout=60), out.get(timeout=60)] == ["ready", "ready"]  # both imported, both waiting
+    assert [out.get(timeout=60), out.get(timeout=60)] == ["ready", "ready"]  # both loaded, both waiting
     go.set()
-    slowest = max(out.get(timeout=30), out.get(timeout=30))
+    first, second = out.get(timeout=30), out.get(timeout=30)
     for worker in workers:
         worker.join(10)
-    if devices == 1:  # eight 80 ms forwards one after another
-        assert slowest >= 8 * 0.08 * 0.95, slowest
-    else:  # four each, side by side
-        assert slowest < 6 * 0.08, slowest
+    assert len(first) == len(second) == 5
+    overlap = sum(max(0.0, min(a_end, b_end) - max(a_start, b_start))
+                  for a_start, a_end in first for b_start, b_end in second)
+    if devices == 1:
+        assert overlap == 0.0, (first, second)
+    else:
+        assert overlap > 0.0, (first, second)
 
 
-def test_the_service_batches_on_a_simulated_device(demo_dir):
-    settings = Settings(backend="sim", sim_fixed_ms=5, sim_per_token_us=1)
+def test_the_service_batches_requests_that_wait_for_a_simulated_device(demo_dir):
+    settings = Settings(backend="sim", sim_fixed_ms=50, sim_per_token_us=1)
     classifier = load_classifier(demo_dir / "rnn", backend="sim",
                                  accelerator=SimulatedAccelerator(0, settings.sim_fixed_ms, settings.sim_per_token_us))
-    service = InferenceService(classifier, settings)
+    sizes: list[int] = []
+    service = InferenceService(classifier, settings, on_batch=lambda stats: sizes.append(stats.size))
     try:
-        results = service.classify(["have a nice day"] * 5, RequestOptions()).results
-        assert [r["labels"] for r in results] == [[]] * 5
-        assert results[0]["scores"]["toxicity"] == np.float32(SIM_SCORE)
+        with ThreadPoolExecutor(8) as pool:  # one runs; the others queue behind its 50 ms and go together
+            answers = list(pool.map(lambda i: service.classify([f"have a nice day {i}"], RequestOptions()),
+                                    range(8)))
+        assert [a.results[0]["labels"] for a in answers] == [[]] * 8
+        assert answers[0].results[0]["scores"]["toxicity"] == np.float32(SIM_SCORE)
+        assert sum(sizes) == 8 and max(sizes) > 1, sizes
     finally:
         service.stop(5)
 

@@ -147,7 +147,10 @@ def test_long_words_are_not_kept_in_the_rows_cache(small_model, tmp_path):
     vectors = SubwordVectors.from_fasttext_file(small_model, tmp_path / "cache")
     for i in range(50):
         assert vectors.rows_of(f"{i:03d}" + "x" * 90)  # distinct 93-character words, hashed each time
-    assert vectors._cached_rows_of.cache_info().currsize == 0
+    assert vectors._cached_ngram_rows.cache_info().currsize == 0
     word = "y" * CACHED_WORD_CHARS
     assert vectors.rows_of(word) == vectors.rows_of(word)
-    assert vectors._cached_rows_of.cache_info().currsize == 1
+    assert vectors._cached_ngram_rows.cache_info().currsize == 1
+    assert vectors.rows_of("idiot") == (vectors.vocab["idiot"],)  # in-vocabulary words need no cache
+    assert vectors._cached_ngram_rows.cache_info().currsize == 1
+    assert vectors._cached_ngram_rows.cache_info().maxsize <= 20_000
