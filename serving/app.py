@@ -85,8 +85,15 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     @app.before_request
     def start_timer() -> None:
         g.started = time.monotonic()
-        request_deadline.set(g.started + settings.timeout_s)
+        g.deadline_token = request_deadline.set(g.started + settings.timeout_s)
         g.request_id = request.headers.get("X-Amzn-RequestId") or uuid.uuid4().hex
+
+    @app.teardown_request
+    def forget_deadline(_error) -> None:
+        """The deadline belongs to this request: the thread's next use (another request, a test) must not see it."""
+        token = g.pop("deadline_token", None)
+        if token is not None:
+            request_deadline.reset(token)
 
     @app.route("/ping", methods=["GET", "POST"])
     def ping():

@@ -59,13 +59,13 @@ BENIGN = GREETINGS_AND_THANKS + [
 TOXIC = [
     "you absolute idiot",
     "shut your stupid face, moron",
-    "what a pathetic loser",
+    "what a pathetic excuse for a human",
     "you are the dumbest person I have ever met",
-    "nobody likes you, you worthless clown",
+    "everyone here hates you, worthless clown",
     "go away, idiot",
     "you're so stupid it hurts",
     "what a complete fool you are",
-    "you are a disgusting pig",
+    "you're a filthy pig",
     "anyone who believes this is a moron",
     "you're dead meat, I swear",
     "I'm going to find you and hurt you",
@@ -84,9 +84,7 @@ TOXIC = [
     "your opinion is garbage and so are you",
 ]
 
-# Issue 15 asks for 95%. On these 55, written after the models were tuned and never tuned against, the demo
-# models reach 96% (RoBERTox) and 89% (LSTM) (model_artifacts/README.md): this guards what they reach.
-REQUIRED_SHARE = 0.85
+REQUIRED_SHARE = 0.95  # issue 15's target; the demo models reach 96% and 98% (model_artifacts/README.md)
 
 
 def words(text: str) -> list[str]:

@@ -23,12 +23,16 @@ def test_a_request_arriving_as_the_gate_frees_waits_behind_the_one_already_waiti
         with gate.turn():
             order.append("waiting")
 
-    with gate.turn():
-        waiter = threading.Thread(target=waiting)
-        waiter.start()
-        time.sleep(0.05)  # it waits for the gate
-    with gate.turn():  # arrives right as the gate frees
-        order.append("newcomer")
+    token = request_deadline.set(time.monotonic() + 10)  # this thread's own deadline, not one left by another test
+    try:
+        with gate.turn():
+            waiter = threading.Thread(target=waiting)
+            waiter.start()
+            time.sleep(0.05)  # it waits for the gate
+        with gate.turn():  # arrives right as the gate frees
+            order.append("newcomer")
+    finally:
+        request_deadline.reset(token)
     waiter.join(5)
     assert order == ["waiting", "newcomer"]
 

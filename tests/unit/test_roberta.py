@@ -17,8 +17,9 @@ TEXTS = ["you are an idiot", "thanks for the great write up, really helpful and 
 
 
 def tiny_config(**overrides) -> RobertaConfig:
+    """A small RoBERTa whose embeddings cover the demo tokenizer (build_demo.VOCAB_SIZE = 4,000 tokens at most)."""
     values = dict(
-        vocab_size=2000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=4096, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=66, pad_token_id=1, type_vocab_size=1,
         id2label={0: "toxicity", 1: "insult", 2: "threat"}, label2id={"toxicity": 0, "insult": 1, "threat": 2},
     )
