@@ -4,9 +4,9 @@ Core sentences come from sentences.py (written by hand for this repo): its lists
 from hand-written slot values. Comments are composed from them with a seeded RNG: an optional lead, one core
 sentence that carries the labels, an optional tail, and typos for a share of them. Labels are fractions of
 10 simulated annotators, each voting with the core's probability plus noise, as in Jigsaw; positive means
->= 0.5. The split is by core sentence, so held-out comments say things no training comment said (templated
-ones share their template and words with training ones, as real comments share phrasing). Re-run only to
-change the corpus:
+>= 0.5. The split holds out hand-written sentences one by one and templated ones by template, so held-out
+comments mostly say things no training comment said (templates that share a shape can still leave a test
+sentence one word from a training one). Re-run only to change the corpus:
 
     python model_artifacts/make_corpus.py
 """

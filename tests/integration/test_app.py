@@ -281,3 +281,17 @@ def test_user_code_that_json_dumps_the_services_results_works(demo_dir):
         assert len(json.loads(response.get_json())) == len(TEXTS)
     finally:
         service.stop(5)
+
+
+def test_a_request_leaves_no_deadline_behind_on_its_thread(served):
+    """The deadline is set per request; a thread's next use must not meet a stale one (a past deadline would
+    make the next request on that thread time out at once)."""
+    from serving.service import request_deadline
+
+    client, _ = served
+    assert request_deadline.get() is None
+    for call in (lambda: client.post("/invocations", json={"inputs": ["hi"]}), lambda: client.get("/nowhere"),
+                 lambda: client.post("/invocations", data=b"x" * 100_000, content_type="text/plain")):
+        response = call()
+        assert response.status_code in (200, 404, 413)
+        assert request_deadline.get() is None
