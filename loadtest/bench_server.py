@@ -114,7 +114,12 @@ def serve(model_dir: Path, port: int, extra: list[str], log_path: Path) -> subpr
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli", "serve"]  # not installed
     command = [*entry, "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *extra]
     process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
+    return wait_ready(process, port, log_path)
+
+
+def wait_ready(process: subprocess.Popen, port: int, log_path: Path, timeout_s: float = 300) -> subprocess.Popen:
+    """The process once its /ping answers 200; killed, with its log's tail raised, if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:

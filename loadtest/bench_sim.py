@@ -45,18 +45,15 @@ def server_cpu_s(pid: int) -> float:
     return total
 
 
-def measure(model_dir: Path, devices: int, args, texts: list[str], log_path: Path) -> dict:
-    port = 18600 + os.getpid() % 1000
-    flags = ["--backend", "sim", "--sim-devices", str(devices), "--sim-fixed-ms", str(args.fixed_ms),
-             "--sim-per-token-us", str(args.per_token_us)]
-    process = serve(model_dir, port, flags, log_path)
+def levels(process, port: int, texts: list[str], duration: float) -> dict:
+    """Warm the running server, run the closed loop at c=1 and c=64 with its host CPU per request, stop it."""
     url = f"http://127.0.0.1:{port}"
     try:
         run_closed_loop(url, texts, 4, 2.0)  # warm connections and caches
         rows = {}
         for concurrency in (1, 64):
             before = server_cpu_s(process.pid)
-            result = run_closed_loop(url, texts, concurrency, args.duration)
+            result = run_closed_loop(url, texts, concurrency, duration)
             row = result.summary()
             row["server_cpu_ms_per_req"] = round(1000 * (server_cpu_s(process.pid) - before)
                                                  / max(1, result.requests), 3)
@@ -66,6 +63,13 @@ def measure(model_dir: Path, devices: int, args, texts: list[str], log_path: Pat
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def measure(model_dir: Path, devices: int, args, texts: list[str], log_path: Path) -> dict:
+    port = 18600 + os.getpid() % 1000
+    flags = ["--backend", "sim", "--sim-devices", str(devices), "--sim-fixed-ms", str(args.fixed_ms),
+             "--sim-per-token-us", str(args.per_token_us)]
+    return levels(serve(model_dir, port, flags, log_path), port, texts, args.duration)
 
 
 def main(argv: list[str] | None = None) -> None:

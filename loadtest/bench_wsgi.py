@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadtest.bench_server import serve, text_mix  # noqa: E402
-from loadtest.bench_sim import server_cpu_s  # noqa: E402
-from loadtest.closed_loop import run_closed_loop  # noqa: E402
+from loadtest.bench_server import serve, text_mix, wait_ready  # noqa: E402
+from loadtest.bench_sim import levels  # noqa: E402
 
 
 def granian(model_dir: Path, granian_path: Path, port: int, workers: int, log_path: Path) -> subprocess.Popen:
@@ -35,34 +30,14 @@ def granian(model_dir: Path, granian_path: Path, port: int, workers: int, log_pa
                "--workers", str(workers), "--blocking-threads", "64", "--log-level", "warning", "--no-access-log",
                "sim_app:app"]
     process = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                return process
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"granian did not start: {log_path.read_text()[-2000:]}")
+    return wait_ready(process, port, log_path)
 
 
 def row(name: str, process: subprocess.Popen, port: int, texts: list[str], duration: float) -> str:
-    url = f"http://127.0.0.1:{port}"
-    try:
-        run_closed_loop(url, texts, 4, 2.0)
-        figures = {}
-        for concurrency in (1, 64):
-            before = server_cpu_s(process.pid)
-            result = run_closed_loop(url, texts, concurrency, duration)
-            cpu = round(1000 * (server_cpu_s(process.pid) - before) / max(1, result.requests), 3)
-            figures[concurrency] = (result.summary(), cpu)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-    (one, cpu_one), (many, cpu_many) = figures[1], figures[64]
-    return (f"| {name} | {one['p50_ms']} | {many['req_per_s']} | {many['errors']} | {cpu_many} | {cpu_one} | "
-            f"{many['client_cpu_ms_per_req']} |")
+    figures = levels(process, port, texts, duration)
+    one, many = figures["c1"], figures["c64"]
+    return (f"| {name} | {one['p50_ms']} | {many['req_per_s']} | {many['errors']} | "
+            f"{many['server_cpu_ms_per_req']} | {one['server_cpu_ms_per_req']} | {many['client_cpu_ms_per_req']} |")
 
 
 def main(argv: list[str] | None = None) -> None:
