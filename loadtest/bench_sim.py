@@ -29,7 +29,12 @@ sys.path.insert(0, str(REPO))
 from loadtest.bench_server import serve, text_mix  # noqa: E402
 from loadtest.closed_loop import run_closed_loop  # noqa: E402
 
-LAYOUTS = {"1 worker, 1 device": 1, "2 workers, 2 devices": 2}
+LAYOUTS = {  # name: (simulated devices, serve --layout)
+    "workers: 1 worker, 1 device": (1, "workers"),
+    "workers: 2 workers, 2 devices": (2, "workers"),
+    "engines: front ends on every core, 1 device": (1, "engines"),
+    "engines: front ends on every core, 2 devices": (2, "engines"),
+}
 
 
 def server_cpu_s(pid: int) -> float:
@@ -65,10 +70,10 @@ def levels(process, port: int, texts: list[str], duration: float) -> dict:
         process.wait(60)
 
 
-def measure(model_dir: Path, devices: int, args, texts: list[str], log_path: Path) -> dict:
+def measure(model_dir: Path, devices: int, layout: str, args, texts: list[str], log_path: Path) -> dict:
     port = 18600 + os.getpid() % 1000
-    flags = ["--backend", "sim", "--sim-devices", str(devices), "--sim-fixed-ms", str(args.fixed_ms),
-             "--sim-per-token-us", str(args.per_token_us)]
+    flags = ["--backend", "sim", "--layout", layout, "--sim-devices", str(devices),
+             "--sim-fixed-ms", str(args.fixed_ms), "--sim-per-token-us", str(args.per_token_us)]
     return levels(serve(model_dir, port, flags, log_path), port, texts, args.duration)
 
 
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fixed-ms", type=float, default=0.5)
     parser.add_argument("--per-token-us", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=Path("bench_sim.json"))
+    parser.add_argument("--only", default="", help="run the layouts whose name contains this")
     args = parser.parse_args(argv)
     texts = text_mix(2000)
     work = Path(tempfile.mkdtemp(prefix="toxserve-bench-sim-"))
@@ -88,9 +94,12 @@ def main(argv: list[str] | None = None) -> None:
                              "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                              "python": platform.python_version()},
               "layouts": {}}
-    for name, devices in LAYOUTS.items():
+    parser_layouts = [name for name in LAYOUTS if not args.only or args.only in name]
+    for name in parser_layouts:
+        devices, layout = LAYOUTS[name]
         print(name, flush=True)
-        report["layouts"][name] = measure(args.model_dir, devices, args, texts, work / f"serve-{devices}.log")
+        report["layouts"][name] = measure(args.model_dir, devices, layout, args, texts,
+                                          work / f"serve-{layout}-{devices}.log")
     args.out.write_text(json.dumps(report, indent=2))
     print("| layout | c=1 p50 ms | c=64 req/s | c=64 errors | server CPU ms/req (c=64) | client CPU ms/req |")
     print("|---|---|---|---|---|---|")

@@ -47,6 +47,8 @@ class ModelState:
         if self.error:
             return f"model failed to load: {self.error}"
         service = self.service
+        if service is not None and service.remote:
+            return service.batcher.why_not_alive()  # type: ignore[union-attr]
         if service is not None and service.device_failure:
             return f"device failed: {service.device_failure}; the worker is being replaced"
         if service is not None:
@@ -157,7 +159,7 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
         route = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.requests.labels(route, str(response.status_code)).inc()
         metrics.request_latency.labels(route).observe(elapsed)
-        if state.service is not None:
+        if state.service is not None and not state.service.remote:  # engines report their own queues
             metrics.queue_depth.set(state.service.batcher.queued_texts)
         access_log.info(json.dumps({
             "request_id": g.get("request_id"), "method": request.method, "path": request.path,

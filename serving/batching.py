@@ -180,9 +180,17 @@ class Batcher:
     def queued_texts(self) -> int:
         return len(self._waiting)
 
+    def admit(self, texts: int) -> None:
+        """Before tokenising: 429 when a request of `texts` (one the service sends whole, at most half the queue)
+        would find the queue full now; the check at submit stays the authority."""
+        if texts <= self.max_queue_texts // 2 and len(self._waiting) + texts > self.max_queue_texts:
+            raise QueueFull(f"queue is full ({len(self._waiting)} texts waiting, limit {self.max_queue_texts}); "
+                            "retry later")
+
     def submit(self, encoded: Sequence[EncodedText], timeout_s: float, wait_for_room: bool = False,
-               room: int | None = None) -> Future:
-        """Queue a request's texts; the future yields a BatchedResult or the error that stopped it.
+               room: int | None = None, inline: bool = True) -> Future:
+        """Queue a request's texts; the future yields a BatchedResult or the error that stopped it. With
+        `inline` False the texts never run in the calling thread (a caller that has more requests to hand over).
 
         A full queue answers QueueFull, or with `wait_for_room` (the parts of a request larger than the queue's
         share one request may hold) waits until the queue holds at most `room` texts with these, until the
@@ -214,7 +222,8 @@ class Batcher:
                     f"queue is full ({len(self._waiting)} texts waiting, limit {self.max_queue_texts}); retry later"
                 )
             items = [_Item(e, request, i) for i, e in enumerate(encoded)]
-            inline = self.run_inline_when_idle and not self._busy and not self._waiting and self._one_batch(items)
+            inline = (inline and self.run_inline_when_idle and not self._busy and not self._waiting
+                      and self._one_batch(items))
             if inline:
                 self._busy = True
             else:

@@ -20,8 +20,13 @@ class Settings:
     model_dir: str | None = field(default=None, metadata={"help": "model folder or model.tar.gz"})
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
     port: int = field(default=8080, metadata={"help": "port (SAGEMAKER_BIND_TO_PORT)"})
+    layout: str = field(default="auto", metadata={
+        "help": "engines (HTTP front-end processes feeding one engine process per accelerator, which owns the "
+                "model and the batcher), workers (each worker process its own model and batcher), or auto: engines "
+                "on GPUs and simulated accelerators, workers on the CPU and whenever the folder has user code"})
     workers: int = field(default=0, metadata={"help": "worker processes, 0 = workers_per_gpu on each GPU, or one "
-                                                      "per core on CPU; spread evenly over the GPUs "
+                                                      "per core on CPU; spread evenly over the GPUs; with layout "
+                                                      "engines: front-end processes, 0 = one per core "
                                                       "(SAGEMAKER_MODEL_SERVER_WORKERS)"})
     workers_per_gpu: int = field(default=1, metadata={"help": "workers (each its own model copy) per GPU when "
                                                               "workers is 0"})
@@ -84,6 +89,8 @@ class Settings:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not (self.max_batch_padding == -1 or 0 <= self.max_batch_padding <= 1):
             raise ValueError(f"max_batch_padding must be -1 (auto) or within 0-1, got {self.max_batch_padding}")
+        if self.layout not in ("auto", "engines", "workers"):
+            raise ValueError(f"layout must be auto, engines or workers, got {self.layout!r}")
         if self.backend not in ("auto", "torch", "onnx", "sim"):
             raise ValueError(f"backend must be auto, torch, onnx or sim, got {self.backend!r}")
         if self.torch_dtype not in ("auto", "fp32", "fp16", "bf16"):

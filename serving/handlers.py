@@ -98,6 +98,11 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+def has_user_code(model_dir: Path) -> bool:
+    """Whether the folder carries user code, found without importing it (the supervisor must not run it)."""
+    return (model_dir / "code" / (os.environ.get(sm.USER_PROGRAM_ENV) or DEFAULT_PROGRAM)).is_file()
+
+
 def load_user_module(model_dir: Path | None, program: str | None = None) -> Any | None:
     """The module at code/<program> in the model folder, or None when the folder has none."""
     if model_dir is None:

@@ -33,6 +33,13 @@ truncated_texts = Counter(f"{PREFIX}truncated_texts_total", "Texts truncated to 
 texts = Counter(f"{PREFIX}texts_total", "Texts scored")
 device_failures = Counter(f"{PREFIX}device_failures_total",
                           "CUDA errors that made a worker give up its device (it is then replaced)")
+engine_queue = Gauge(f"{PREFIX}engine_queue_texts", "Texts waiting in each engine's queue", ["engine"],
+                     multiprocess_mode="livesum")
+engine_received = Counter(f"{PREFIX}engine_texts_received_total", "Texts each engine received from the front ends",
+                          ["engine"])
+channel_seconds = Histogram(f"{PREFIX}channel_seconds", "Per-request time on the channel between front end and "
+                            "engine (round trip less the engine's queue and compute)",
+                            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1))
 model_load_seconds = Gauge(f"{PREFIX}model_load_seconds", "Model load and warm-up time", multiprocess_mode="max")
 
 

@@ -195,6 +195,22 @@ def share_vectors(model_dir: Path) -> None:
         log.error("could not cache the fastText vectors: %s", exc)
 
 
+def choose_layout(settings: Settings, model_dir: Path, gpus: list[Gpu]) -> tuple[str, str]:
+    """engines or workers, and why (see Settings.layout)."""
+    from serving.handlers import has_user_code
+
+    user_code = has_user_code(model_dir)
+    if user_code and settings.layout == "engines":
+        raise ValueError("the model folder has user code (code/inference.py), which runs in layout workers only")
+    if settings.layout != "auto":
+        return settings.layout, "asked for"
+    if user_code:
+        return "workers", "the model folder has user code, which runs beside its own model"
+    if gpus or settings.backend == "sim":
+        return "engines", "accelerators: HTTP front ends on every core feed one engine per accelerator"
+    return "workers", "CPU only: one worker per core, each with its own model, measured fastest (BENCHMARKS.md)"
+
+
 def run(settings: Settings) -> None:
     """Check the model folder and the GPUs, then hand over to gunicorn (which exits 0 after a SIGTERM drain)."""
     from serving.artifacts import detect_family, resolve_model_dir
@@ -216,8 +232,15 @@ def run(settings: Settings) -> None:
         except RuntimeError as exc:
             raise ValueError(f"could not list the GPUs: {exc}") from exc
         check_dtype(settings.torch_dtype, gpus)
-    server = Server(settings, model_dir, gpus)
+    layout, why = choose_layout(settings, model_dir, gpus)
     log.info("serving %s model from %s with settings %s", family, model_dir, settings.describe())
+    log.info("layout %s: %s", layout, why)
+    if layout == "engines":
+        from serving.supervisor import Supervisor
+
+        Supervisor(settings, model_dir, gpus).run()
+        return
+    server = Server(settings, model_dir, gpus)
     if settings.backend == "sim":
         log.info("layout: %d worker(s) over %d simulated accelerator(s) (%.3g ms + %.3g us per padded token)",
                  server.workers, settings.sim_devices, settings.sim_fixed_ms, settings.sim_per_token_us)

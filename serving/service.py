@@ -112,20 +112,22 @@ def read_thresholds(model_dir: Path | None, labels: Sequence[str]) -> dict[str, 
 
 
 class InferenceService:
-    """A loaded classifier behind a dynamic batcher."""
+    """A loaded classifier behind a dynamic batcher: its own (`queue` None: the model is in this process), or the
+    engines' (`queue`: a serving.frontend.engines.EngineClient; `classifier` is then the model's text side)."""
 
     def __init__(self, classifier: Classifier, settings: Settings, model_dir: Path | None = None,
-                 on_batch=None, on_device_failure: Callable[[str], None] | None = None) -> None:
+                 on_batch=None, on_device_failure: Callable[[str], None] | None = None, queue=None) -> None:
         self.classifier = classifier
         self.device_failure: str | None = None  # why the device was given up, once it has been
         self.plain_floats = False  # set when user code runs: scores as Python floats, not numpy float32
-        self._on_device_failure = on_device_failure
+        self.on_device_failure = on_device_failure
         self._failure_lock = threading.Lock()
         self.timeout_s = settings.timeout_s
         self.thresholds = read_thresholds(model_dir, classifier.labels)
-        self.batching = settings.batching == "dynamic"
+        self.batching = settings.batching == "dynamic" or queue is not None
         self.padding_setting = settings.max_batch_padding
-        self.batcher = Batcher(
+        self.remote = queue is not None
+        self.batcher = queue if queue is not None else Batcher(
             self._run_batch, len(classifier.labels),
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_queue_texts=settings.max_queue_texts,
@@ -166,12 +168,14 @@ class InferenceService:
         log.error("device failed, giving it up: %s", reason)
         metrics.device_failures.inc()
         self.batcher.fail(self._device_failed_error())
-        if self._on_device_failure is not None:
-            self._on_device_failure(reason)
+        if self.on_device_failure is not None:
+            self.on_device_failure(reason)
 
     def warmup(self) -> None:
         """Real forwards at each length bucket the server can see, through the batcher, before /ping says
-        ready; their timings set the automatic padding rule."""
+        ready; their timings set the automatic padding rule. The engines warm up their own."""
+        if self.remote:
+            return
         timings = {}
         for length in [n for n in WARMUP_LENGTHS if n <= self.classifier.max_length] or [1]:
             text = " ".join(["warm"] * length)
@@ -184,6 +188,8 @@ class InferenceService:
     def classify(self, texts: Sequence[str], options: RequestOptions) -> Classification:
         started = time.monotonic()
         deadline = request_deadline.get() or started + self.timeout_s
+        if self.batching:
+            self.batcher.admit(len(texts))  # 429 at the door, before the tokeniser's work
         encoded = self.classifier.encode(texts)
         tokenize_s = time.monotonic() - started
         truncated = sum(e.truncated for e in encoded)

@@ -61,8 +61,13 @@ def running_server(tmp_path: Path, *args: str, env: dict | None = None, ready_ti
         server.stop()
 
 
-@pytest.fixture(scope="module", params=["roberta", "rnn"])
+@pytest.fixture(scope="module", params=["roberta", "rnn", "roberta-engines", "rnn-engines"])
 def server(request, demo_dir, tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("serve"), "--model-dir", str(demo_dir / request.param)) as s:
-        s.family = request.param
+    """Both demo models in the CPU default layout (workers), and in layout engines (front ends feeding an engine
+    that runs the real model on the CPU): every contract test runs against both layouts."""
+    family, _, layout = request.param.partition("-")
+    extra = ["--layout", layout] if layout else []
+    with running_server(tmp_path_factory.mktemp("serve"), "--model-dir", str(demo_dir / family), *extra) as s:
+        s.family = family
+        s.layout = layout or "workers"
         yield s

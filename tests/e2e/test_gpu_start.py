@@ -86,24 +86,49 @@ def wait_for_ping(port: int, process: subprocess.Popen, log: Path) -> requests.R
     raise AssertionError(f"no /ping answer:\n{log.read_text()}")
 
 
+@pytest.mark.parametrize("layout", ["engines", "workers"])
 @pytest.mark.parametrize("visible, device, pinned", [
     (None, "auto", ["0", "1"]),
     ("GPU-8a1f-aaaa,GPU-3c2e-bbbb", "cuda:1", ["GPU-3c2e-bbbb"]),
 ])
 def test_the_forking_process_never_touches_cuda_and_workers_get_their_gpu(demo_dir, tmp_path, visible, device,
-                                                                          pinned):
-    process, port = start(tmp_path, [H100, H100], "--model-dir", str(demo_dir / "rnn"), "--device", device,
+                                                                          pinned, layout):
+    """Layout engines (the default on GPUs): the supervisor, which forks the front ends, never asks CUDA
+    anything, nor do the front ends; each engine is pinned to its GPU. Layout workers: the same for the gunicorn
+    master and its workers."""
+    args = ["--model-dir", str(demo_dir / "rnn"), "--device", device]
+    process, port = start(tmp_path, [H100, H100], *args, *(["--layout", "workers"] if layout == "workers" else []),
                           visible=visible)
     log = tmp_path / "serve.log"
     try:
         ping = wait_for_ping(port, process, log)
+        deadline = time.monotonic() + 120
+        while "model is loading" in ping.text and time.monotonic() < deadline:  # front ends answer while engines load
+            time.sleep(0.2)
+            ping = wait_for_ping(port, process, log)
         asked = callers(tmp_path)
         assert asked, "the fake CUDA recorded nothing: the GPU probe did not run"
         assert process.pid not in asked, f"the master called {asked[process.pid]}:\n{log.read_text()}"
+        deadline = time.monotonic() + 60
+        while log.read_text().count(" pinned: ") < len(pinned) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the other worker may still be starting
         text = log.read_text()
-        assert f"layout: {len(pinned)} worker(s) over {len(pinned)} GPU(s)" in text, text
-        workers = sorted(re.findall(r"worker \d+ pinned: CUDA_VISIBLE_DEVICES=(\S+) ", text))
-        assert workers == sorted(pinned), text
+        if layout == "workers":
+            assert f"layout: {len(pinned)} worker(s) over {len(pinned)} GPU(s)" in text, text
+            workers = sorted(re.findall(r"worker \d+ pinned: CUDA_VISIBLE_DEVICES=(\S+) ", text))
+            assert workers == sorted(pinned), text
+        else:
+            assert f"feeding {len(pinned)} engine(s), one per GPU ({len(pinned)})" in text, text
+            engines = dict(re.findall(r"engine \d+ \(pid (\d+)\) pinned: CUDA_VISIBLE_DEVICES=(\S+) ", text))
+            assert sorted(engines.values()) == sorted(pinned), text
+            deadline = time.monotonic() + 60
+            while not {int(pid) for pid in engines} <= set(asked) and time.monotonic() < deadline:
+                time.sleep(0.2)  # the other engine may still be loading
+                asked = callers(tmp_path)
+            assert {int(pid) for pid in engines} <= set(asked), f"an engine never probed CUDA: {asked}"
+            assert process.pid not in asked, asked
+            frontends = [int(pid) for pid in re.findall(r"Spawning worker-\d+ with PID: (\d+)", text)]
+            assert frontends and not set(frontends) & set(asked), f"a front end asked CUDA: {asked}\n{text}"
         # This CPU torch cannot move a model to CUDA: each worker says so on /ping, it does not hang or crash.
         assert ping.status_code == 503 and "model failed to load" in ping.json()["error"]["message"]
     finally:

@@ -1,0 +1,89 @@
+"""The channel between front ends and engines: the records that cross it and how they are framed.
+
+ZeroMQ over Unix-domain (ipc) sockets in the server's private run folder: each engine binds a ROUTER, each front-end
+thread connects a DEALER of its own (a ZeroMQ socket belongs to one thread), so a request thread sends its texts
+and waits for its own reply with no hand-off to another thread. Chosen over pipes and shared memory because it
+frames messages, reconnects by itself to a restarted engine at the same address, and measured cheapest
+per request of what we tried (BENCHMARKS.md). Records are pickled: both ends are this package, and the socket
+folder is readable by the server's own user only.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving import errors
+
+REQUEST, REPLY = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """One request's (or one part's) encoded texts for one engine generation (its pid)."""
+
+    request_id: int
+    engine_pid: int  # a restarted engine (a new pid) drops what was sent to its predecessor
+    deadline: float  # time.monotonic(), which is host-wide
+    features: list[Any]  # EncodedText.features per text
+    lengths: list[int]
+    wait_for_room: bool = False
+    room: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreReply:
+    """Scores in input order with the engine's timings, or the error that stopped the request."""
+
+    request_id: int
+    scores: np.ndarray | None = None
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    error_kind: str = ""  # a serving.errors class name; anything else is an internal error
+    error_message: str = ""
+
+    def raise_error(self) -> None:
+        if not self.error_kind:
+            return
+        kind = getattr(errors, self.error_kind, None)
+        if isinstance(kind, type) and issubclass(kind, errors.ServingError):
+            raise kind(self.error_message)
+        raise RuntimeError(f"engine error: {self.error_message}")
+
+
+def failure_reply(request_id: int, exc: BaseException) -> ScoreReply:
+    if isinstance(exc, errors.ServingError):
+        return ScoreReply(request_id, error_kind=type(exc).__name__, error_message=exc.message)
+    return ScoreReply(request_id, error_kind="internal", error_message=f"{type(exc).__name__}: {exc}")
+
+
+def pack(record: ScoreRequest | ScoreReply) -> bytes:
+    """Records travel as tuples of plain values, arrays as raw bytes: pickling the dataclasses and arrays
+    themselves cost ten times as much per message."""
+    if isinstance(record, ScoreRequest):
+        arrays = bool(record.features) and all(isinstance(f, np.ndarray) for f in record.features)
+        features = [f.astype(np.int32).tobytes() for f in record.features] if arrays else record.features
+        plain: tuple = (REQUEST, record.request_id, record.engine_pid, record.deadline, arrays, features,
+                        record.lengths, record.wait_for_room, record.room)
+    else:
+        scores = record.scores
+        shape = () if scores is None else scores.shape
+        data = b"" if scores is None else np.ascontiguousarray(scores, np.float32).tobytes()
+        plain = (REPLY, record.request_id, shape, data, record.queue_s, record.compute_s, record.error_kind,
+                 record.error_message)
+    return pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(payload: bytes) -> ScoreRequest | ScoreReply:
+    plain = pickle.loads(payload)
+    if plain[0] == REQUEST:
+        _, request_id, engine_pid, deadline, arrays, features, lengths, wait_for_room, room = plain
+        if arrays:
+            features = [np.frombuffer(f, np.int32).astype(np.int64) for f in features]
+        return ScoreRequest(request_id, engine_pid, deadline, features, lengths, wait_for_room, room)
+    _, request_id, shape, data, queue_s, compute_s, error_kind, error_message = plain
+    scores = np.frombuffer(data, np.float32).reshape(shape) if shape else None
+    return ScoreReply(request_id, scores, queue_s, compute_s, error_kind, error_message)

@@ -1,0 +1,160 @@
+"""The engine's side of the channel: one I/O thread owns the ROUTER socket, queues what arrives in the batcher,
+and sends back what the batcher settles.
+
+Replies are settled on the batcher's thread; ZeroMQ sockets belong to one thread, so each settling thread hands its
+replies to the I/O thread over an in-process PUSH socket of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import zmq
+
+from serving.batching import BatchedResult, Batcher
+from serving.board import Board, EngineState
+from serving.channel import ScoreReply, ScoreRequest, failure_reply, pack, unpack
+from serving.classifier import EncodedText
+from serving.errors import NotReady
+
+log = logging.getLogger(__name__)
+
+REPLIES = "inproc://replies"
+POLL_MS = 50  # how often an idle I/O thread refreshes the board's heartbeat and checks for a stop
+LINGER_S = 0.5  # a draining engine keeps answering (503) what front ends sent before they saw it draining
+
+
+class Endpoint:
+    """Serves `batcher` at `address` until stop(): then takes nothing new and ends once every request it took has
+    its answer sent (or `drain_s` has passed)."""
+
+    def __init__(self, batcher: Batcher, address: str, board: Board, index: int, drain_s: float,
+                 on_received: Callable[[int], None] | None = None) -> None:
+        self.batcher = batcher
+        self.board = board
+        self.index = index
+        self.drain_s = drain_s
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.bind(address)
+        self.replies = self.context.socket(zmq.PULL)
+        self.replies.bind(REPLIES)
+        self._local = threading.local()
+        self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
+        self._stop = threading.Event()
+        self._parent = os.getppid()
+        self._io_thread = 0
+        self.on_received = on_received
+
+    def stop(self) -> None:
+        """Safe from a signal handler: the I/O thread notices within POLL_MS."""
+        self._stop.set()
+
+    def serve(self) -> None:
+        self._io_thread = threading.get_ident()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.replies, zmq.POLLIN)
+        drain_until = None
+        drained_at = 0.0
+        while True:
+            events = dict(poller.poll(POLL_MS))
+            if self.replies in events:
+                self._send_replies()
+            if self.router in events:
+                self._receive(refuse=drain_until is not None)
+            self.board.set_queued(self.index, self.batcher.queued_texts)
+            if drain_until is None and (self._stop.is_set() or os.getppid() != self._parent):
+                drained_at = time.monotonic()
+                drain_until = self._start_draining()
+            if drain_until is not None and (self._in_flight == 0 and time.monotonic() > drained_at + LINGER_S
+                                            or time.monotonic() > drain_until):
+                break
+        self._send_replies()
+        if self._in_flight:
+            log.warning("engine %d stops with %d requests unanswered after %.0f s", self.index, self._in_flight,
+                        self.drain_s)
+        self.context.destroy(linger=1000)  # the settling threads' PUSH sockets too
+
+    def _start_draining(self) -> float:
+        log.info("engine %d draining: %d requests in flight, %d texts queued", self.index, self._in_flight,
+                 self.batcher.queued_texts)
+        self.board.write(self.index, state=EngineState.STOPPING)
+        threading.Thread(target=self.batcher.stop, args=(self.drain_s,), name="batcher-stop", daemon=True).start()
+        return time.monotonic() + self.drain_s
+
+    def _receive(self, refuse: bool) -> None:
+        """Everything that has arrived; a lone request may run on this thread when the model is idle (no thread
+        hand-off either way), several go to the batcher's loop to be batched."""
+        arrived = []
+        while True:
+            try:
+                arrived.append(self.router.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        for identity, payload in arrived:
+            request = unpack(payload)
+            if not isinstance(request, ScoreRequest) or request.engine_pid != os.getpid():
+                continue  # sent to the engine this one replaced; its sender has answered 503 already
+            if self.on_received is not None:
+                self.on_received(len(request.lengths))
+            self._in_flight += 1
+            if refuse:
+                self._hand_over(identity, failure_reply(request.request_id, NotReady("the engine is shutting down")))
+                continue
+            encoded = [EncodedText(f, n, False) for f, n in zip(request.features, request.lengths, strict=True)]
+            if request.wait_for_room:  # waits for room in the queue: not on this thread
+                threading.Thread(target=self._submit, args=(identity, request, encoded, False), daemon=True).start()
+            else:
+                self._submit(identity, request, encoded, len(arrived) == 1)
+
+    def _submit(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
+        try:
+            future = self.batcher.submit(encoded, request.deadline - time.monotonic(), request.wait_for_room,
+                                         request.room, inline=inline)
+        except Exception as exc:
+            self._hand_over(identity, failure_reply(request.request_id, exc))
+            return
+        future.add_done_callback(lambda done: self._settled(identity, request.request_id, done))
+
+    def _settled(self, identity: bytes, request_id: int, future: Future) -> None:
+        error = future.exception() if not future.cancelled() else NotReady("request cancelled")
+        if error is not None:
+            reply = failure_reply(request_id, error)
+        else:
+            result: BatchedResult = future.result()
+            reply = ScoreReply(request_id, result.scores, result.queue_s, result.compute_s)
+        self._hand_over(identity, reply)
+
+    def _hand_over(self, identity: bytes, reply: ScoreReply) -> None:
+        """From any thread: the I/O thread sends on the ROUTER, which it alone may use; others hand it over."""
+        if threading.get_ident() == self._io_thread:
+            self._in_flight -= 1
+            self._send(identity, pack(reply))
+            return
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._local.push = self.context.socket(zmq.PUSH)
+            push.connect(REPLIES)
+        push.send_multipart([identity, pack(reply)])
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                identity, payload = self.replies.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._in_flight -= 1
+            self._send(identity, payload)
+
+    def _send(self, identity: bytes, payload: bytes) -> None:
+        try:
+            self.router.send_multipart([identity, payload], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the front end is gone (restarted): nobody waits for this answer
+            pass

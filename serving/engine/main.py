@@ -1,0 +1,93 @@
+"""An engine process: load the model on this process's accelerator, warm it up, serve the channel until SIGTERM.
+
+Started by the supervisor as a fresh interpreter (never forked from a process that may have touched CUDA), with
+CUDA_VISIBLE_DEVICES naming its one GPU (or SERVING_SIM_DEVICE its simulated one). Exit status: 0 after a drain,
+LOAD_FAILED when the model cannot be loaded (the supervisor then reports it on /ping instead of restarting).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import signal
+import threading
+from pathlib import Path
+
+from serving.board import Board, EngineState, error_path, socket_address
+from serving.config import Settings
+
+log = logging.getLogger(__name__)
+
+LOAD_FAILED = 3
+SETTINGS_FILE = "settings.json"
+
+
+def read_settings(run_dir: Path) -> Settings:
+    import json
+
+    return Settings(**json.loads((run_dir / SETTINGS_FILE).read_text()))
+
+
+def main(argv: list[str]) -> int:
+    from serving.server import LOG_CONFIG
+
+    run_dir, index, device = Path(argv[0]), int(argv[1]), argv[2]
+    logging.config.dictConfig(LOG_CONFIG)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the supervisor
+    settings = read_settings(run_dir)             # decides the order of the drain
+    board = Board.open(run_dir)
+    board.write(index, pid=os.getpid(), state=EngineState.STARTING)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        service = load_service(settings, index, device, board.engines)
+    except Exception as exc:
+        log.exception("engine %d could not load the model", index)
+        error_path(run_dir, index).write_text(f"{type(exc).__name__}: {exc}")
+        board.write(index, state=EngineState.FAILED)
+        return LOAD_FAILED
+    from serving import metrics
+    from serving.engine.endpoint import Endpoint
+
+    endpoint = Endpoint(service.batcher, socket_address(run_dir, index), board, index, settings.graceful_timeout_s,
+                        on_received=lambda texts: metrics.engine_received.labels(str(index)).inc(texts))
+    signal.signal(signal.SIGTERM, lambda *_: endpoint.stop())
+    service.on_device_failure = lambda reason: endpoint.stop()  # answer 503s, drain, exit: a fresh engine follows
+    if stopping.is_set():
+        endpoint.stop()
+    board.write(index, state=EngineState.READY)
+    log.info("engine %d ready (pid %d)", index, os.getpid())
+    endpoint.serve()
+    log.info("engine %d stopped", index)
+    return 0
+
+
+def load_service(settings: Settings, index: int, device: str, engines: int):
+    """The model on this engine's device behind an InferenceService (batcher, device health), warmed up."""
+    from serving import metrics
+    from serving.artifacts import load_classifier
+    from serving.device import set_torch_threads
+    from serving.service import InferenceService
+
+    s = settings
+    model_dir = Path(s.model_dir or ".")
+    accelerator = None
+    if s.backend == "sim":
+        from serving.models.simulated import SimulatedAccelerator
+
+        accelerator = SimulatedAccelerator(index, s.sim_fixed_ms, s.sim_per_token_us)
+    threads = set_torch_threads(s.torch_threads, engines, device)
+    classifier = load_classifier(model_dir, device=device, max_length=s.max_length or None, backend=s.backend,
+                                 variant=s.onnx_variant, threads=threads, dtype=s.torch_dtype,
+                                 provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,
+                                 max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars,
+                                 max_batch_size=s.max_batch_size, accelerator=accelerator)
+
+    def on_batch(stats) -> None:
+        metrics.observe_batch(stats)
+        metrics.engine_queue.labels(str(index)).set(service.batcher.queued_texts)
+
+    service = InferenceService(classifier, s, model_dir, on_batch=on_batch)
+    service.warmup()
+    return service

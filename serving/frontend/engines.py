@@ -1,0 +1,184 @@
+"""The front end's view of the engines: admission at the door, choosing an engine, and waiting for its answer.
+
+EngineClient stands where the local Batcher stands for InferenceService (admit, submit -> a pending result,
+queued_texts, alive), so the request path above it is the same in both layouts. Each request thread has its own
+DEALER socket per engine and receives its own replies: no thread hand-off on the way in or out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import zmq
+
+from serving import metrics
+from serving.batching import BatchedResult
+from serving.board import Board, EngineState, EngineStatus, error_path, socket_address
+from serving.channel import ScoreReply, ScoreRequest, pack, unpack
+from serving.classifier import EncodedText
+from serving.errors import NotReady, QueueFull
+
+log = logging.getLogger(__name__)
+
+CHECK_S = 0.2  # while waiting for a reply, how often to look whether its engine is still the one it was sent to
+
+
+class EngineLost(NotReady):
+    code = "engine_restarting"
+
+
+class EngineClient:
+    """Talks to every engine of the server at `run_dir`; at most `max_in_flight` requests of this process wait
+    on engines at once (more answer 429, so request threads stay free for /ping and for the 429s themselves)."""
+
+    def __init__(self, run_dir: Path, max_queue_texts: int, max_in_flight: int) -> None:
+        self.run_dir = run_dir
+        self.board = Board.open(run_dir)
+        self.max_queue_texts = max_queue_texts
+        self.max_in_flight = max_in_flight
+        self.context = zmq.Context.instance()  # the process's one context: never torn down under a live socket
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+        self._turn = itertools.count()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    # what /ping and the metrics ask
+    @property
+    def alive(self) -> bool:
+        return any(s.state == EngineState.READY for s in self.board.all())
+
+    @property
+    def queued_texts(self) -> int:
+        return sum(s.queued_texts for s in self.board.all())
+
+    def why_not_alive(self) -> str:
+        states = self.board.all()
+        failed = [s for s in states if s.state == EngineState.FAILED]
+        if failed:
+            path = error_path(self.run_dir, failed[0].index)
+            return f"model failed to load: {path.read_text() if path.exists() else 'see the engine log'}"
+        if any(s.state == EngineState.DEAD for s in states):
+            return "the engine stopped and is being restarted"
+        if all(s.state == EngineState.STOPPING for s in states):
+            return "the server is shutting down"
+        return "model is loading"
+
+    # the request path
+    def admit(self, texts: int) -> None:
+        """Before tokenising: 429 when this process already has its share waiting, or no engine has room."""
+        if self._in_flight >= self.max_in_flight:
+            raise QueueFull(f"{self._in_flight} requests of this front end wait for the engines "
+                            f"(limit {self.max_in_flight}); retry later")
+        if texts <= self.max_queue_texts // 2:
+            ready = self._ready()
+            if ready and min(s.queued_texts for s in ready) + texts > self.max_queue_texts:
+                raise QueueFull(f"the engines' queues are full (limit {self.max_queue_texts} texts each); "
+                                "retry later")
+
+    def _ready(self) -> list[EngineStatus]:
+        return [s for s in self.board.all() if s.state == EngineState.READY]
+
+    def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
+               room: int | None = None) -> PendingScores:
+        ready = self._ready()
+        if not ready:
+            raise NotReady(self.why_not_alive())
+        turn = next(self._turn)
+        engine = min(ready, key=lambda s: (s.queued_texts, (s.index - turn) % len(ready)))
+        if not wait_for_room and engine.queued_texts + len(encoded) > self.max_queue_texts:
+            raise QueueFull(f"queue is full ({engine.queued_texts} texts waiting, limit {self.max_queue_texts}); "
+                            "retry later")
+        request = ScoreRequest(next(self._ids), engine.pid, time.monotonic() + timeout_s,
+                               [e.features for e in encoded], [e.length for e in encoded], wait_for_room, room)
+        socket = self._socket(engine.index)
+        try:
+            socket.send(pack(request), zmq.NOBLOCK)
+        except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
+            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        with self._lock:
+            self._in_flight += 1
+        return PendingScores(self, socket, engine, request.request_id)
+
+    def _socket(self, index: int) -> zmq.Socket:
+        sockets = getattr(self._local, "sockets", None)
+        if sockets is None:
+            sockets = self._local.sockets = {}
+            self._local.stash = {}  # replies received for another pending request of this thread
+        socket = sockets.get(index)
+        if socket is None:
+            socket = sockets[index] = self.context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(socket_address(self.run_dir, index))
+        return socket
+
+    def _done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+
+class PendingScores:
+    """One sent request; result() waits on the sending thread's own socket (the thread that submitted it)."""
+
+    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int) -> None:
+        self.client = client
+        self.socket = socket
+        self.engine = engine
+        self.request_id = request_id
+        self.sent_at = time.monotonic()
+        self._settled = False
+        client._local.stash[request_id] = None  # awaited
+
+    def result(self, timeout: float | None = None) -> BatchedResult:
+        stash: dict[int, ScoreReply | None] = self.client._local.stash
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        try:
+            while stash.get(self.request_id) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FutureTimeout()
+                if self.socket.poll(int(min(left, CHECK_S) * 1000) + 1, zmq.POLLIN):
+                    reply = unpack(self.socket.recv())
+                    if isinstance(reply, ScoreReply) and reply.request_id in stash:
+                        stash[reply.request_id] = reply
+                else:
+                    self._check_engine()
+            settled = stash[self.request_id]
+        finally:
+            self.cancel()
+        assert settled is not None
+        settled.raise_error()
+        metrics.channel_seconds.observe(max(0.0, time.monotonic() - self.sent_at - settled.queue_s
+                                            - settled.compute_s))
+        assert settled.scores is not None
+        return BatchedResult(settled.scores, settled.queue_s, settled.compute_s)
+
+    def _check_engine(self) -> None:
+        now = self.client.board.read(self.engine.index)
+        if now.pid != self.engine.pid or now.state in (EngineState.DEAD, EngineState.FAILED) \
+                or not _running(now.pid):
+            raise EngineLost(f"engine {self.engine.index} stopped before answering; it is being restarted, retry")
+
+    def cancel(self) -> bool:
+        """Stop waiting: a late reply is dropped (the engine drops queued parts once their deadline passes)."""
+        if not self._settled:
+            self._settled = True
+            self.client._local.stash.pop(self.request_id, None)
+            self.client._done()
+        return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,153 @@
+"""`serve` in the engines layout: start one engine per accelerator, restart any that dies, run the HTTP front
+ends (granian), and on SIGTERM drain the tree in order: front ends first (they stop accepting and finish their
+requests, which the engines still answer), then the engines (which finish what they queued).
+
+This process never touches CUDA: engines are fresh interpreters, each told its one GPU by CUDA_VISIBLE_DEVICES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from serving.board import RUN_DIR_ENV, Board, EngineState
+from serving.config import Settings
+from serving.engine.main import LOAD_FAILED, SETTINGS_FILE
+from serving.gpus import VISIBLE_ENV, Gpu
+from serving.server import MULTIPROC_ENV
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAYS_S = (0.5, 1, 2, 5, 10)  # after an engine dies; longer while it keeps dying soon after its start
+STABLE_S = 60  # an engine that lived this long starts the delays from the beginning again
+
+
+@dataclasses.dataclass
+class EngineProcess:
+    index: int
+    env: dict[str, str]
+    gpu: Gpu | None = None
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0  # when a dead engine is due to start again (0: not waiting)
+    quick_deaths: int = 0
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, model_dir: Path, gpus: list[Gpu]) -> None:
+        self.settings = settings
+        self.model_dir = model_dir
+        self.run_dir = Path(tempfile.mkdtemp(prefix="toxserve-run-"))  # 0700: the channel's sockets live here
+        accelerators = settings.sim_devices if settings.backend == "sim" else max(1, len(gpus))
+        self.frontends = settings.workers or (os.cpu_count() or 1)
+        self.engines = [EngineProcess(i, self._engine_env(i, gpus), gpus[i] if gpus else None)
+                        for i in range(accelerators)]
+        self.board = Board.create(self.run_dir, accelerators)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def _engine_env(self, index: int, gpus: list[Gpu]) -> dict[str, str]:
+        env = {**os.environ, RUN_DIR_ENV: str(self.run_dir)}
+        if gpus:
+            env[VISIBLE_ENV] = gpus[index].visible_id
+        elif self.settings.backend == "sim":
+            from serving.models.simulated import DEVICE_ENV
+
+            env[DEVICE_ENV] = str(index)
+        return env
+
+    def run(self) -> int:
+        settings = dataclasses.replace(self.settings, model_dir=str(self.model_dir), workers=self.frontends)
+        (self.run_dir / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings)))
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        for engine in self.engines:
+            self._start(engine)
+        threading.Thread(target=self._watch, name="engine-watch", daemon=True).start()
+        try:
+            self._serve_http()
+        finally:
+            self._stopping.set()
+            self._stop_engines(self.settings.graceful_timeout_s)
+        return 0
+
+    def _serve_http(self) -> None:
+        """granian's own process manager runs the front ends; it returns after a SIGTERM (or SIGINT) once they have
+        stopped accepting and finished their requests."""
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+        from granian.server import Server
+
+        s = self.settings
+        gpus = sum(e.gpu is not None for e in self.engines)
+        log.info("layout: %d front end(s) feeding %d engine(s), %s", self.frontends, len(self.engines),
+                 f"one per GPU ({gpus})" if gpus else "simulated" if s.backend == "sim" else "on the CPU")
+        Server("serving.frontend.wsgi:create", address=s.host, port=s.port, interface=Interfaces.WSGI,
+               workers=self.frontends, blocking_threads=s.threads, backpressure=s.threads, factory=True,
+               respawn_failed_workers=True, workers_kill_timeout=s.graceful_timeout_s, log_access=False,
+               log_level=LogLevels(s.log_level.lower()), working_dir=Path.cwd()).serve()
+
+    def _start(self, engine: EngineProcess) -> None:
+        device = "cpu" if engine.gpu is None else "cuda"
+        command = [sys.executable, "-m", "serving.engine", str(self.run_dir), str(engine.index), device]
+        engine.process = subprocess.Popen(command, env=engine.env)
+        engine.started_at = time.monotonic()
+        if engine.gpu is not None:
+            log.info("engine %d (pid %d) pinned: %s=%s (%s)", engine.index, engine.process.pid, VISIBLE_ENV,
+                     engine.gpu.visible_id, engine.gpu.name)
+        else:
+            log.info("engine %d (pid %d) started on %s", engine.index, engine.process.pid,
+                     f"simulated accelerator {engine.index}" if self.settings.backend == "sim" else "the CPU")
+
+    def _watch(self) -> None:
+        """Every engine that exits while the server runs is marked dead on the board at once (its waiting requests
+        get 503 from their front ends) and started again after a delay, unless it could not load the model."""
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                for engine in self.engines:
+                    if engine.process is not None and engine.process.poll() is not None:
+                        self._died(engine, engine.process)
+                    elif engine.process is None and engine.restart_at and time.monotonic() >= engine.restart_at:
+                        engine.restart_at = 0.0
+                        self._start(engine)
+
+    def _died(self, engine: EngineProcess, process: subprocess.Popen) -> None:
+        from prometheus_client import multiprocess
+
+        if os.environ.get(MULTIPROC_ENV):
+            multiprocess.mark_process_dead(process.pid)
+        engine.process = None
+        if process.returncode == LOAD_FAILED:
+            log.error("engine %d could not load the model; /ping answers 503 with the reason", engine.index)
+            return
+        self.board.write(engine.index, state=EngineState.DEAD, restarts=self.board.read(engine.index).restarts + 1)
+        lived = time.monotonic() - engine.started_at
+        engine.quick_deaths = 0 if lived > STABLE_S else engine.quick_deaths + 1
+        delay = RESTART_DELAYS_S[min(engine.quick_deaths, len(RESTART_DELAYS_S) - 1)]
+        engine.restart_at = time.monotonic() + delay
+        log.error("engine %d (pid %d) exited with %s after %.1f s; restarting in %.1f s", engine.index, process.pid,
+                  process.returncode, lived, delay)
+
+    def _stop_engines(self, timeout_s: float) -> None:
+        with self._lock:
+            running = [e.process for e in self.engines if e.process is not None and e.process.poll() is None]
+            for process in running:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("engine pid %d did not drain in %d s; killed", process.pid, timeout_s)
+                process.kill()
+                process.wait()

@@ -1,0 +1,149 @@
+"""Layout engines under stress, on simulated accelerators (a forward that only waits, so the engine can be made
+slow at will): an engine killed mid-load, SIGTERM during load, /ping and 429s while the engine is saturated."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import requests
+
+from tests.e2e.conftest import running_server
+
+TEXT = "thanks for the thoughtful reply, I will read the paper tonight"
+
+
+def engine_pids(server) -> list[int]:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return [p.pid for p in children if "serving.engine" in " ".join(p.cmdline())]
+
+
+def sim_server(tmp_path, demo_dir, *args: str):
+    return running_server(tmp_path, "--model-dir", str(demo_dir / "roberta"), "--backend", "sim", "--layout", "engines",
+                          "--workers", "2", *args)
+
+
+def post(url: str, texts: list[str], timeout: float = 30) -> requests.Response:
+    return requests.post(url + "/invocations", json={"inputs": texts}, timeout=timeout)
+
+
+def test_an_engine_killed_mid_load_loses_no_request_silently_and_the_endpoint_recovers(demo_dir, tmp_path):
+    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "30") as server:
+        [victim] = engine_pids(server)
+        outcomes: list = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = post(server.url, [TEXT] * 3, timeout=20)
+                except requests.RequestException as exc:  # a hung request times out, and fails the test
+                    outcomes.append((type(exc).__name__, {}, time.monotonic() - started))
+                    continue
+                outcomes.append((response.status_code, response.json(), time.monotonic() - started))
+
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        psutil.Process(victim).kill()
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        statuses = [status for status, _, _ in outcomes]
+        assert set(statuses) <= {200, 503}, outcomes
+        assert 503 in statuses, "no request met the dead engine"
+        assert all(body["error"]["code"] in ("engine_restarting", "not_ready") for status, body, _ in outcomes
+                   if status == 503), outcomes
+        assert max(seconds for status, _, seconds in outcomes if status == 503) < 5
+        assert all(len(body["predictions"]) == 3 for status, body, _ in outcomes if status == 200)
+        deadline = time.monotonic() + 30
+        while requests.get(server.url + "/ping", timeout=2).status_code != 200:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert post(server.url, [TEXT]).status_code == 200
+        [successor] = engine_pids(server)
+        assert successor != victim
+        assert f"engine 0 (pid {victim}) exited" in server.log()
+
+
+def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(demo_dir, tmp_path):
+    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "20", "--max-batch-size", "4") as server:
+        engines = engine_pids(server)
+        results: list = []
+
+        def send(i: int) -> None:
+            try:
+                response = post(server.url, [f"{TEXT} {i}"] * 5, timeout=60)
+                results.append(("answered", response.status_code, len(response.json().get("predictions", []))))
+            except requests.ConnectionError as exc:
+                results.append(("refused", str(exc), 0))
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(48)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        code = server.stop()
+        took = time.monotonic() - started
+        for t in threads:
+            t.join(60)
+        answered = [r for r in results if r[0] == "answered"]
+        assert code == 0, server.log()
+        assert took < 25, took
+        assert answered and all(status == 200 and n == 5 for _, status, n in answered), results
+        assert all("Connection refused" in r[1] for r in results if r[0] == "refused"), results
+        assert not [pid for pid in engines if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert "engine 0 stopped" in server.log()
+
+
+def test_ping_answers_within_two_seconds_while_the_engine_is_saturated(demo_dir, tmp_path):
+    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "300", "--max-batch-size", "1") as server:
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                post(server.url, [TEXT], timeout=60)
+
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        pings = []
+        for _ in range(10):
+            started = time.monotonic()
+            status = requests.get(server.url + "/ping", timeout=5).status_code
+            pings.append((status, time.monotonic() - started))
+            time.sleep(0.1)
+        stop.set()
+        assert all(status == 200 for status, _ in pings), pings
+        assert max(seconds for _, seconds in pings) < 2.0, pings
+        for t in threads:
+            t.join(60)
+
+
+def test_overload_gets_429_with_retry_after_at_the_door_in_milliseconds(demo_dir, tmp_path):
+    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "100", "--max-batch-size", "2",
+                    "--max-queue-texts", "8") as server:
+        sessions = threading.local()  # keep-alive connections, as SageMaker's front end keeps them
+
+        def send(_: int):
+            session = getattr(sessions, "session", None) or requests.Session()
+            sessions.session = session
+            started = time.monotonic()
+            response = session.post(server.url + "/invocations", json={"inputs": [TEXT]}, timeout=30)
+            return response, time.monotonic() - started
+
+        with ThreadPoolExecutor(32) as pool:
+            outcomes = list(pool.map(send, range(512)))
+        refused = [(r, s) for r, s in outcomes if r.status_code == 429]
+        accepted = [r for r, _ in outcomes if r.status_code == 200]
+        assert refused and accepted and len(refused) + len(accepted) == len(outcomes)
+        assert all(r.headers["Retry-After"] and r.json()["error"]["code"] == "queue_full" for r, _ in refused)
+        assert statistics.median(s for _, s in refused) < 0.05, sorted(s for _, s in refused)
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200

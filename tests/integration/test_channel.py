@@ -1,0 +1,146 @@
+"""The channel end to end in one process: a real engine endpoint (the real batcher over a real model or a
+simulated accelerator) served on its ipc socket, and the front end's EngineClient talking to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.board import Board, EngineState, error_path, socket_address
+from serving.config import Settings
+from serving.engine.endpoint import Endpoint
+from serving.engine.main import load_service
+from serving.errors import NotReady, QueueFull
+from serving.frontend.engines import EngineClient, EngineLost
+from serving.models.simulated import SimulatedAccelerator
+
+TEXTS = ["you are an idiot", "thanks, that helped a lot", "I will find you", "what a lovely day", "shut up",
+         "the meeting moved to Tuesday", "go away, loser", "great game last night"]
+
+
+@contextlib.contextmanager
+def engine(tmp_path: Path, slow_ms: float = 0.0, **settings):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    board = Board.create(run_dir, 1)
+    board.write(0, pid=os.getpid(), state=EngineState.STARTING)
+    service = load_service(Settings(**settings), 0, "cpu", 1)
+    if slow_ms:  # after the warm-up: a device that takes this long per forward
+        service.classifier.accelerator = SimulatedAccelerator(0, slow_ms, 0.0)
+    endpoint = Endpoint(service.batcher, socket_address(run_dir, 0), board, 0, drain_s=10)
+    thread = threading.Thread(target=endpoint.serve, daemon=True)
+    thread.start()
+    board.write(0, state=EngineState.READY)
+    client = EngineClient(run_dir, max_queue_texts=settings.get("max_queue_texts", 2048), max_in_flight=64)
+    try:
+        yield client, board, service, endpoint
+    finally:
+        endpoint.stop()
+        thread.join(15)
+        assert not thread.is_alive()
+
+
+def sim(demo_dir: Path, fixed_ms: float, **more) -> dict:
+    return {"backend": "sim", "model_dir": str(demo_dir / "roberta"), "sim_fixed_ms": 1, "slow_ms": fixed_ms, **more}
+
+
+def test_requests_from_many_threads_get_their_own_scores(demo_dir, tmp_path):
+    with engine(tmp_path, backend="torch", model_dir=str(demo_dir / "rnn")) as (client, _, service, _):
+        expected = service.classifier.predict(TEXTS)
+
+        def score(i: int) -> np.ndarray:
+            texts = [TEXTS[(i + k) % len(TEXTS)] for k in range(1 + i % 3)]
+            return client.submit(service.classifier.encode(texts), 10).result(10).scores, texts
+
+        with ThreadPoolExecutor(8) as pool:
+            for scores, texts in pool.map(score, range(64)):
+                np.testing.assert_allclose(scores, [expected[TEXTS.index(t)] for t in texts], atol=1e-5)
+
+
+def test_a_request_queued_behind_a_running_batch_completes_with_no_further_traffic(demo_dir, tmp_path):
+    with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, _):
+        first = client.submit(service.classifier.encode(["first"]), 10)
+        time.sleep(0.05)  # the first is running
+        second_sent = {}
+
+        def second() -> None:
+            started = time.monotonic()
+            pending = client.submit(service.classifier.encode(["second"]), 10)
+            second_sent["result"] = pending.result(10)
+            second_sent["waited"] = time.monotonic() - started
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(5)
+        assert "result" in second_sent and second_sent["waited"] > 0.45  # its own forward after the first's
+        assert first.result(5).scores.shape == (1, 7)
+
+
+def test_an_engine_replaced_while_a_request_waits_answers_503_within_a_fraction_of_a_second(demo_dir, tmp_path):
+    with engine(tmp_path, **sim(demo_dir, 3000)) as (client, board, service, _):
+        pending = client.submit(service.classifier.encode(["slow"]), 30)
+        board.write(0, pid=os.getpid() + 100000, state=EngineState.DEAD)  # what the supervisor writes
+        started = time.monotonic()
+        with pytest.raises(EngineLost) as raised:
+            pending.result(30)
+        assert time.monotonic() - started < 1.0
+        assert raised.value.status == 503
+        with pytest.raises(NotReady, match="being restarted"):
+            client.submit(service.classifier.encode(["next"]), 10)
+        board.write(0, pid=os.getpid(), state=EngineState.READY)
+
+
+def test_admission_refuses_before_any_work_when_queues_or_threads_are_full(demo_dir, tmp_path):
+    with engine(tmp_path, **sim(demo_dir, 1, max_queue_texts=16)) as (client, board, service, _):
+        client.admit(4)
+        board.set_queued(0, 14)
+        with pytest.raises(QueueFull, match="queues are full"):
+            client.admit(4)
+        client.admit(2)
+        client.admit(9)  # more than half the queue: fed in parts that wait for room, never refused for size
+        board.set_queued(0, 0)
+        client.max_in_flight = 1
+        pending = client.submit(service.classifier.encode(["one"]), 10)
+        with pytest.raises(QueueFull, match="wait for the engines"):
+            client.admit(1)
+        pending.result(5)
+        client.admit(1)
+
+
+def test_ping_reasons_follow_the_board(tmp_path):
+    run_dir = tmp_path
+    board = Board.create(run_dir, 2)
+    client = EngineClient(run_dir, 64, 8)
+    assert not client.alive and client.why_not_alive() == "model is loading"
+    board.write(1, state=EngineState.READY)
+    assert client.alive
+    board.write(1, state=EngineState.DEAD)
+    assert "being restarted" in client.why_not_alive()
+    error_path(run_dir, 0).write_text("ModelLoadError: config.json is missing")
+    board.write(0, state=EngineState.FAILED)
+    assert client.why_not_alive() == "model failed to load: ModelLoadError: config.json is missing"
+    board.write(0, state=EngineState.STOPPING)
+    board.write(1, state=EngineState.STOPPING)
+    assert client.why_not_alive() == "the server is shutting down"
+
+
+def test_a_draining_engine_finishes_what_it_took_and_refuses_the_rest(demo_dir, tmp_path):
+    with engine(tmp_path, **sim(demo_dir, 400)) as (client, board, service, endpoint):
+        taken = client.submit(service.classifier.encode(["taken"]), 10)
+        time.sleep(0.1)
+        endpoint.stop()
+        deadline = time.monotonic() + 2
+        while board.read(0).state != EngineState.STOPPING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        board.write(0, state=EngineState.READY)  # a front end that has not yet seen the drain sends anyway
+        late = client.submit(service.classifier.encode(["late"]), 10)
+        with pytest.raises(NotReady, match="shutting down"):
+            late.result(5)
+        assert taken.result(5).scores.shape == (1, 7)
