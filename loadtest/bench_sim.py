@@ -50,13 +50,13 @@ def server_cpu_s(pid: int) -> float:
     return total
 
 
-def levels(process, port: int, texts: list[str], duration: float) -> dict:
-    """Warm the running server, run the closed loop at c=1 and c=64 with its host CPU per request, stop it."""
+def levels(process, port: int, texts: list[str], duration: float, concurrencies=(1, 64)) -> dict:
+    """Warm the running server, run the closed loop at each concurrency with its host CPU per request, stop it."""
     url = f"http://127.0.0.1:{port}"
     try:
         run_closed_loop(url, texts, 4, 2.0)  # warm connections and caches
         rows = {}
-        for concurrency in (1, 64):
+        for concurrency in concurrencies:
             before = server_cpu_s(process.pid)
             result = run_closed_loop(url, texts, concurrency, duration)
             row = result.summary()
@@ -77,6 +77,22 @@ def measure(model_dir: Path, devices: int, layout: str, args, texts: list[str], 
     return levels(serve(model_dir, port, flags, log_path), port, texts, args.duration)
 
 
+def real_models_on_cpu(args, texts: list[str], work: Path) -> None:
+    """The demo models on this CPU (serve's default backend), layout workers against layout engines, c=1/8/32:
+    how the CPU-only default (workers) was chosen."""
+    port = 18600 + os.getpid() % 1000
+    print("| model | layout | c=1 req/s | c=1 p50 ms | c=8 req/s | c=32 req/s | server CPU ms/req (c=32) |")
+    print("|---|---|---|---|---|---|---|")
+    for family in ("roberta", "rnn"):
+        for layout in ("workers", "engines"):
+            process = serve(REPO / "model_artifacts" / "demo" / family, port, ["--layout", layout],
+                            work / f"serve-{family}-{layout}.log")
+            rows = levels(process, port, texts, args.duration, (1, 8, 32))
+            print(f"| demo {family} | {layout} | {rows['c1']['req_per_s']} | {rows['c1']['p50_ms']} | "
+                  f"{rows['c8']['req_per_s']} | {rows['c32']['req_per_s']} | {rows['c32']['server_cpu_ms_per_req']} |",
+                  flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "model_artifacts" / "demo" / "roberta",
@@ -86,9 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-token-us", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=Path("bench_sim.json"))
     parser.add_argument("--only", default="", help="run the layouts whose name contains this")
+    parser.add_argument("--real-cpu", action="store_true", help="instead: the demo models on this CPU, both layouts")
     args = parser.parse_args(argv)
     texts = text_mix(2000)
     work = Path(tempfile.mkdtemp(prefix="toxserve-bench-sim-"))
+    if args.real_cpu:
+        real_models_on_cpu(args, texts, work)
+        return
     report = {"conditions": {"model_dir": str(args.model_dir), "fixed_ms": args.fixed_ms,
                              "per_token_us": args.per_token_us, "duration_s": args.duration,
                              "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
