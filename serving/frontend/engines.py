@@ -42,7 +42,7 @@ class EngineClient:
         self.board = Board.open(run_dir)
         self.max_queue_texts = max_queue_texts
         self.max_in_flight = max_in_flight
-        self.context: zmq.Context = zmq.Context.instance()  # the process's one context: never torn down under a live socket
+        self.context: zmq.Context = zmq.Context.instance()  # one per process: never torn down under live sockets
         self._local = threading.local()
         self._ids = itertools.count(1)
         self._turn = itertools.count()

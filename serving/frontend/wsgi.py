@@ -6,6 +6,7 @@ run folder (channel sockets, status board) come from the folder named by serving
 
 from __future__ import annotations
 
+import io
 import logging.config
 import os
 from collections.abc import Sequence
@@ -45,11 +46,16 @@ def load_text_side(model_dir: Path, settings: Settings) -> Classifier:
 
 
 def complete_bodies(app):
-    """granian hands the app a body it has read whole; saying so lets werkzeug answer 413 for an over-long chunked
-    body (without it, werkzeug cuts such a body silently at the limit)."""
+    """granian hands the app a body it has already read whole, but a chunked one comes without a Content-Length,
+    and werkzeug then cuts it silently at the payload limit (a 400 for broken JSON, or a wrong answer). Giving it
+    the length it has makes werkzeug answer 413 as it does under gunicorn."""
 
     def wsgi(environ, start_response):
-        environ["wsgi.input_terminated"] = True
+        if not environ.get("CONTENT_LENGTH") and environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
+            body = environ["wsgi.input"].read()
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)  # werkzeug ignores the length of a body still marked chunked
         return app(environ, start_response)
 
     return wsgi

@@ -147,3 +147,21 @@ def test_overload_gets_429_with_retry_after_at_the_door_in_milliseconds(demo_dir
         assert all(r.headers["Retry-After"] and r.json()["error"]["code"] == "queue_full" for r, _ in refused)
         assert statistics.median(s for _, s in refused) < 0.05, sorted(s for _, s in refused)
         assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+
+
+def test_an_over_long_chunked_body_gets_413_not_a_silently_cut_one(demo_dir, tmp_path):
+    """granian reads the whole body before the app sees it and sends no Content-Length for a chunked one: the
+    front end must still refuse it whole (werkzeug alone would cut it at the limit and answer 200)."""
+    with sim_server(tmp_path, demo_dir, "--max-payload-mb", "1") as server:
+        chunk = b'["' + b"word " * 150_000 + b'"]'  # ~0.75 MB of JSON, sent twice without a Content-Length
+
+        def body():
+            yield chunk[:-2]
+            yield b" " + chunk[2:-2] + b'"]'
+
+        response = requests.post(server.url + "/invocations", data=body(), timeout=30,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 413, response.text[:200]
+        small = requests.post(server.url + "/invocations", data=iter([b'["hello', b' there"]']), timeout=30,
+                              headers={"Content-Type": "application/json"})
+        assert small.status_code == 200 and len(small.json()["predictions"]) == 1
