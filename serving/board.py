@@ -19,6 +19,7 @@ from pathlib import Path
 RUN_DIR_ENV = "TOXSERVE_RUN_DIR"  # the server's private run folder: settings, this board, the channel's sockets
 SLOT = struct.Struct("<qqqqd")  # pid, state, queued texts, restarts, heartbeat (time.monotonic, host-wide)
 BOARD_FILE = "board"
+STALE_S = 10.0  # a ready engine whose heartbeat is older is hung: front ends stop sending, the supervisor kills it
 
 
 class EngineState(enum.IntEnum):
@@ -37,6 +38,11 @@ class EngineStatus:
     queued_texts: int
     restarts: int
     heartbeat: float
+
+    @property
+    def serving(self) -> bool:
+        """Ready, and its heartbeat thread alive within STALE_S."""
+        return self.state == EngineState.READY and time.monotonic() - self.heartbeat < STALE_S
 
 
 class Board:
@@ -76,8 +82,11 @@ class Board:
                        now.restarts if restarts is None else restarts, time.monotonic())
 
     def set_queued(self, index: int, queued_texts: int) -> None:
-        """The engine's hot path: its queue depth and heartbeat only (a field each, no read-modify-write)."""
+        """The engine's hot path: its queue depth only (one field, no read-modify-write)."""
         struct.pack_into("<q", self._map, index * SLOT.size + 16, queued_texts)
+
+    def beat(self, index: int) -> None:
+        """The engine's heartbeat thread: alive (a forward may hold the I/O thread, never this one for long)."""
         struct.pack_into("<d", self._map, index * SLOT.size + 32, time.monotonic())
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from serving.board import RUN_DIR_ENV, Board, EngineState
+from serving.board import RUN_DIR_ENV, STALE_S, Board, EngineState
 from serving.config import Settings
 from serving.engine.main import LOAD_FAILED, SETTINGS_FILE
 from serving.gpus import VISIBLE_ENV, Gpu
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 RESTART_DELAYS_S = (0.5, 1, 2, 5, 10)  # after an engine dies; longer while it keeps dying soon after its start
 STABLE_S = 60  # an engine that lived this long starts the delays from the beginning again
+# Of the SIGTERM drain (graceful_timeout_s), what the engines keep for last: once the front ends have finished their
+# requests the engines' queues are empty but for parts and stragglers, so a few seconds suffice.
+ENGINE_DRAIN_S = 5
 
 
 @dataclasses.dataclass
@@ -40,6 +43,7 @@ class EngineProcess:
     started_at: float = 0.0
     restart_at: float = 0.0  # when a dead engine is due to start again (0: not waiting)
     quick_deaths: int = 0
+    was_ready: bool = False  # a load failure after that (a GPU error in a restart's warm-up) is retried
 
 
 class Supervisor:
@@ -76,7 +80,7 @@ class Supervisor:
             self._serve_http()
         finally:
             self._stopping.set()
-            self._stop_engines(self.settings.graceful_timeout_s)
+            self._stop_engines(ENGINE_DRAIN_S)
         return 0
 
     def _serve_http(self) -> None:
@@ -92,7 +96,8 @@ class Supervisor:
                  f"one per GPU ({gpus})" if gpus else "simulated" if s.backend == "sim" else "on the CPU")
         Server("serving.frontend.wsgi:create", address=s.host, port=s.port, interface=Interfaces.WSGI,
                workers=self.frontends, blocking_threads=s.threads, backpressure=s.threads, factory=True,
-               respawn_failed_workers=True, workers_kill_timeout=s.graceful_timeout_s, log_access=False,
+               respawn_failed_workers=True, workers_kill_timeout=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S),
+               log_access=False,
                log_level=LogLevels(s.log_level.lower()), working_dir=Path.cwd()).serve()
 
     def _start(self, engine: EngineProcess) -> None:
@@ -115,11 +120,25 @@ class Supervisor:
                 if self._stopping.is_set():
                     return
                 for engine in self.engines:
+                    if engine.process is not None and engine.process.poll() is None:
+                        self._check_alive(engine, engine.process)
                     if engine.process is not None and engine.process.poll() is not None:
                         self._died(engine, engine.process)
                     elif engine.process is None and engine.restart_at and time.monotonic() >= engine.restart_at:
                         engine.restart_at = 0.0
                         self._start(engine)
+
+    def _check_alive(self, engine: EngineProcess, process: subprocess.Popen) -> None:
+        """A ready engine whose heartbeat has stopped (hung in a device call, stopped) is killed; a restart follows."""
+        status = self.board.read(engine.index)
+        if status.pid != process.pid or status.state != EngineState.READY:
+            return
+        engine.was_ready = True
+        if not status.serving:
+            log.error("engine %d (pid %d) has sent no heartbeat for %.0f s; killing it", engine.index, process.pid,
+                      STALE_S)
+            process.kill()
+            process.wait()
 
     def _died(self, engine: EngineProcess, process: subprocess.Popen) -> None:
         from prometheus_client import multiprocess
@@ -127,10 +146,11 @@ class Supervisor:
         if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(process.pid)
         engine.process = None
-        if process.returncode == LOAD_FAILED:
+        if process.returncode == LOAD_FAILED and not engine.was_ready:
             log.error("engine %d could not load the model; /ping answers 503 with the reason", engine.index)
             return
-        self.board.write(engine.index, state=EngineState.DEAD, restarts=self.board.read(engine.index).restarts + 1)
+        self.board.write(engine.index, state=EngineState.DEAD, queued_texts=0,
+                         restarts=self.board.read(engine.index).restarts + 1)
         lived = time.monotonic() - engine.started_at
         engine.quick_deaths = 0 if lived > STABLE_S else engine.quick_deaths + 1
         delay = RESTART_DELAYS_S[min(engine.quick_deaths, len(RESTART_DELAYS_S) - 1)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ class Endpoint:
     its answer sent (or `drain_s` has passed)."""
 
     def __init__(self, batcher: Batcher, address: str, board: Board, index: int, drain_s: float,
-                 on_received: Callable[[int], None] | None = None) -> None:
+                 on_received: Callable[[int], None] | None = None, parent: int | None = None) -> None:
         self.batcher = batcher
         self.board = board
         self.index = index
@@ -44,11 +45,14 @@ class Endpoint:
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.bind(address)
         self.replies = self.context.socket(zmq.PULL)
+        self.replies.setsockopt(zmq.RCVHWM, 0)  # never block a settling thread (it may hold the batcher's lock)
         self.replies.bind(REPLIES)
         self._local = threading.local()
         self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
         self._stop = threading.Event()
-        self._parent = os.getppid()
+        self._parent = parent if parent is not None else os.getppid()  # the supervisor, read before loading
+        self._parts: queue.SimpleQueue = queue.SimpleQueue()  # parts of large requests, waiting for room in order
+        self._parts_thread: threading.Thread | None = None
         self._io_thread = 0
         self.on_received = on_received
 
@@ -109,10 +113,21 @@ class Endpoint:
                 self._hand_over(identity, failure_reply(request.request_id, NotReady("the engine is shutting down")))
                 continue
             encoded = [EncodedText(f, n, False) for f, n in zip(request.features, request.lengths, strict=True)]
-            if request.wait_for_room:  # waits for room in the queue: not on this thread
-                threading.Thread(target=self._submit, args=(identity, request, encoded, False), daemon=True).start()
+            if request.wait_for_room:  # waits for room in the queue: on the one thread that feeds parts, in order
+                self._feed_part(identity, request, encoded)
             else:
                 self._submit(identity, request, encoded, len(arrived) == 1)
+
+    def _feed_part(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText]) -> None:
+        if self._parts_thread is None:
+            self._parts_thread = threading.Thread(target=self._feed_parts, name="parts", daemon=True)
+            self._parts_thread.start()
+        self._parts.put((identity, request, encoded))
+
+    def _feed_parts(self) -> None:
+        while True:
+            identity, request, encoded = self._parts.get()
+            self._submit(identity, request, encoded, False)
 
     def _submit(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
         try:
@@ -141,6 +156,7 @@ class Endpoint:
         push = getattr(self._local, "push", None)
         if push is None:
             push = self._local.push = self.context.socket(zmq.PUSH)
+            push.setsockopt(zmq.SNDHWM, 0)
             push.connect(REPLIES)
         push.send_multipart([identity, pack(reply)])
 

@@ -12,6 +12,7 @@ import logging.config
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from serving.board import Board, EngineState, error_path, socket_address
@@ -20,6 +21,7 @@ from serving.config import Settings
 log = logging.getLogger(__name__)
 
 LOAD_FAILED = 3
+HEARTBEAT_S = 0.5
 SETTINGS_FILE = "settings.json"
 
 
@@ -36,8 +38,10 @@ def main(argv: list[str]) -> int:
     logging.config.dictConfig(LOG_CONFIG)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the supervisor
     settings = read_settings(run_dir)             # decides the order of the drain
+    parent = os.getppid()
     board = Board.open(run_dir)
-    board.write(index, pid=os.getpid(), state=EngineState.STARTING)
+    board.write(index, pid=os.getpid(), state=EngineState.STARTING, queued_texts=0)
+    threading.Thread(target=heartbeat, args=(board, index), name="heartbeat", daemon=True).start()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
@@ -51,7 +55,7 @@ def main(argv: list[str]) -> int:
     from serving.engine.endpoint import Endpoint
 
     endpoint = Endpoint(service.batcher, socket_address(run_dir, index), board, index, settings.graceful_timeout_s,
-                        on_received=lambda texts: metrics.engine_received.labels(str(index)).inc(texts))
+                        on_received=lambda texts: metrics.engine_received.labels(str(index)).inc(texts), parent=parent)
     signal.signal(signal.SIGTERM, lambda *_: endpoint.stop())
     service.on_device_failure = lambda reason: endpoint.stop()  # answer 503s, drain, exit: a fresh engine follows
     if stopping.is_set():
@@ -61,6 +65,12 @@ def main(argv: list[str]) -> int:
     endpoint.serve()
     log.info("engine %d stopped", index)
     return 0
+
+
+def heartbeat(board: Board, index: int) -> None:
+    while True:
+        board.beat(index)
+        time.sleep(HEARTBEAT_S)
 
 
 def load_service(settings: Settings, index: int, device: str, engines: int):

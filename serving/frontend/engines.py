@@ -52,7 +52,7 @@ class EngineClient:
     # what /ping and the metrics ask
     @property
     def alive(self) -> bool:
-        return any(s.state == EngineState.READY for s in self.board.all())
+        return any(s.serving for s in self.board.all())
 
     @property
     def queued_texts(self) -> int:
@@ -66,6 +66,8 @@ class EngineClient:
             return f"model failed to load: {path.read_text() if path.exists() else 'see the engine log'}"
         if any(s.state == EngineState.DEAD for s in states):
             return "the engine stopped and is being restarted"
+        if any(s.state == EngineState.READY for s in states):
+            return "the engine does not answer (no heartbeat); it is being restarted"
         if all(s.state == EngineState.STOPPING for s in states):
             return "the server is shutting down"
         return "model is loading"
@@ -83,7 +85,7 @@ class EngineClient:
                                 "retry later")
 
     def _ready(self) -> list[EngineStatus]:
-        return [s for s in self.board.all() if s.state == EngineState.READY]
+        return [s for s in self.board.all() if s.serving]
 
     def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
                room: int | None = None) -> PendingScores:
@@ -102,9 +104,11 @@ class EngineClient:
             socket.send(pack(request), zmq.NOBLOCK)
         except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
             raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
-        with self._lock:
-            self._in_flight += 1
-        return PendingScores(self, socket, engine, request.request_id)
+        counted = not wait_for_room  # a large request's parts wait for room in the engine: bounded by the queue
+        if counted:
+            with self._lock:
+                self._in_flight += 1
+        return PendingScores(self, socket, engine, request.request_id, counted)
 
     def _socket(self, index: int) -> zmq.Socket:
         sockets = getattr(self._local, "sockets", None)
@@ -126,13 +130,14 @@ class EngineClient:
 class PendingScores:
     """One sent request; result() waits on the sending thread's own socket (the thread that submitted it)."""
 
-    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int) -> None:
+    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int,
+                 counted: bool = True) -> None:
         self.client = client
         self.socket = socket
         self.engine = engine
         self.request_id = request_id
         self.sent_at = time.monotonic()
-        self._settled = False
+        self._settled = not counted  # a part not counted in flight is never uncounted
         client._local.stash[request_id] = None  # awaited
 
     def result(self, timeout: float | None = None) -> BatchedResult:
@@ -162,14 +167,14 @@ class PendingScores:
     def _check_engine(self) -> None:
         now = self.client.board.read(self.engine.index)
         if now.pid != self.engine.pid or now.state in (EngineState.DEAD, EngineState.FAILED) \
-                or not _running(now.pid):
+                or (now.state == EngineState.READY and not now.serving) or not _running(now.pid):
             raise EngineLost(f"engine {self.engine.index} stopped before answering; it is being restarted, retry")
 
     def cancel(self) -> bool:
         """Stop waiting: a late reply is dropped (the engine drops queued parts once their deadline passes)."""
+        self.client._local.stash.pop(self.request_id, None)
         if not self._settled:
             self._settled = True
-            self.client._local.stash.pop(self.request_id, None)
             self.client._done()
         return True
 

@@ -46,9 +46,9 @@ def load_text_side(model_dir: Path, settings: Settings) -> Classifier:
 
 
 def complete_bodies(app):
-    """granian hands the app a body it has already read whole, but a chunked one comes without a Content-Length,
-    and werkzeug then cuts it silently at the payload limit (a 400 for broken JSON, or a wrong answer). Giving it
-    the length it has makes werkzeug answer 413 as it does under gunicorn."""
+    """A chunked body comes from granian without a Content-Length, and werkzeug then reads it only up to the
+    payload limit, silently (a 400 for cut JSON, or a wrong answer). Reading it here and giving werkzeug its length
+    makes werkzeug answer 413 as it does under gunicorn."""
 
     def wsgi(environ, start_response):
         if not environ.get("CONTENT_LENGTH") and environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):

@@ -165,3 +165,25 @@ def test_an_over_long_chunked_body_gets_413_not_a_silently_cut_one(demo_dir, tmp
         small = requests.post(server.url + "/invocations", data=iter([b'["hello', b' there"]']), timeout=30,
                               headers={"Content-Type": "application/json"})
         assert small.status_code == 200 and len(small.json()["predictions"]) == 1
+
+
+def test_a_hung_engine_is_seen_by_ping_killed_and_replaced(demo_dir, tmp_path):
+    """SIGSTOP stands for an engine stuck in a device call: its heartbeat stops, /ping says 503, waiting requests get
+    503 rather than their deadline's 504, and the supervisor kills it and starts a fresh one."""
+    with sim_server(tmp_path, demo_dir) as server:
+        [victim] = engine_pids(server)
+        psutil.Process(victim).suspend()
+        started = time.monotonic()
+        waiting = post(server.url, [TEXT], timeout=40)
+        assert waiting.status_code == 503 and time.monotonic() - started < 20, waiting.text
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ping = requests.get(server.url + "/ping", timeout=2)
+            seen.append(ping.status_code)
+            if ping.status_code == 200 and 503 in seen:
+                break
+            time.sleep(0.2)
+        assert 503 in seen and seen[-1] == 200, (seen, server.log())
+        assert post(server.url, [TEXT]).status_code == 200
+        assert "has sent no heartbeat" in server.log() and victim not in engine_pids(server)

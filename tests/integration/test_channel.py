@@ -144,3 +144,18 @@ def test_a_draining_engine_finishes_what_it_took_and_refuses_the_rest(demo_dir, 
         with pytest.raises(NotReady, match="shutting down"):
             late.result(5)
         assert taken.result(5).scores.shape == (1, 7)
+
+
+def test_a_request_over_half_the_queue_goes_in_parts_on_one_engine_thread(demo_dir, tmp_path):
+    from serving.service import InferenceService, RequestOptions
+
+    with engine(tmp_path, **sim(demo_dir, 2, max_queue_texts=16)) as (client, _, service, _):
+        client.max_in_flight = 2
+        front = InferenceService(service.classifier, Settings(max_queue_texts=16), None, queue=client)
+        threads_before = threading.active_count()
+        texts = [f"text number {i}" for i in range(200)]
+        result = front.classify(texts, RequestOptions())
+        assert len(result.results) == 200
+        assert threading.active_count() <= threads_before + 1  # one thread feeds every part, in order
+        assert client._in_flight == 0
+        client.admit(1)  # its 25 parts never counted against the front end's in-flight limit
