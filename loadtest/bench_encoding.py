@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from serving import codecs
+from serving.frontend import codecs
 from serving.results import text_results
 
 LABELS = ["toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack", "sexual_explicit"]

@@ -1,7 +1,7 @@
 """The GPU check, one command for the first GPU (no network needed; about 5 minutes on one H100):
 
 1. parity on the device: torch fp16 and ONNX Runtime CUDA (fp32, fp16) against torch fp32 on the same GPU, for
-   the demo RoBERTox and a random-weight roberta-base shape (serving.precision's tolerance);
+   the demo RoBERTox and a random-weight roberta-base shape (serving.engine.precision's tolerance);
 2. offline seq/s at sequence length 128, batch 1..256: torch fp32/fp16/bf16 (SDPA) and ONNX Runtime CUDA;
 3. the real `serve` on the GPU (dtype auto: the start-up fp16 check decides), closed loop at concurrency 1
    and 64 with the benchmark text mix.
@@ -71,8 +71,8 @@ def torch_grid(model_dir: Path, device: str, dtypes, seconds: float, batches, le
 
 
 def ensure_onnx(model_dir: Path, variants: list[str]) -> None:
-    from serving.export import export
     from serving.models.onnx_runtime import onnx_path
+    from serving.tools.export import export
 
     if not all(onnx_path(model_dir, v).exists() for v in variants):
         export(model_dir, variants, text_mix(16), force=True)
@@ -81,7 +81,7 @@ def ensure_onnx(model_dir: Path, variants: list[str]) -> None:
 def parity(model_dir: Path, device: str, texts: list[str]) -> dict:
     """Each reduced-precision or ONNX path against torch fp32 on the same device, as serve's start-up check."""
     from serving import load_classifier
-    from serving.precision import HALF_MAX_ABS_DIFF, HALF_MIN_DECISIONS_AGREE, agreement
+    from serving.engine.precision import HALF_MAX_ABS_DIFF, HALF_MIN_DECISIONS_AGREE, agreement
 
     reference = load_classifier(model_dir, device=device, backend="torch", dtype="fp32").predict(texts)
     results: dict = {"texts": len(texts), "tolerance": {"max_abs_diff": HALF_MAX_ABS_DIFF,

@@ -23,7 +23,7 @@ CONFIGS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
 def ensure_onnx(model_dir: Path, texts: list[str]) -> None:
-    from serving.export import export
+    from serving.tools.export import export
 
     if not all((model_dir / "onnx" / f"model.{v}.onnx").exists() for v in ("fp32", "int8")):
         export(model_dir, ["fp32", "int8"], texts[:64], force=True)  # random weights: speed, not quality

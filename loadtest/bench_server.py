@@ -72,8 +72,8 @@ def random_roberta(shape: str, demo_roberta: Path, out: Path) -> Path:
 
 def ensure_fp32_export(model_dir: Path, texts: list[str]) -> None:
     """A current fp32 ONNX export, which `--backend auto` serves on CPUs (random weights pass fp32 parity too)."""
-    from serving.export import export
     from serving.models.onnx_runtime import stale_export_reason
+    from serving.tools.export import export
 
     if stale_export_reason(model_dir, "fp32") is not None:
         export(model_dir, ["fp32"], texts[:64])

@@ -4,10 +4,10 @@ other than `serve`'s gunicorn (loadtest/bench_wsgi.py runs it under granian). SI
 import os
 from pathlib import Path
 
-from serving.app import create_app
 from serving.artifacts import load_classifier
 from serving.config import Settings
-from serving.handlers import Handler, user_code_waiting_limit
+from serving.frontend.app import create_app
+from serving.frontend.handlers import Handler, user_code_waiting_limit
 from serving.models.simulated import SimulatedAccelerator
 from serving.service import InferenceService
 

@@ -225,7 +225,7 @@ def make_tarball(folder: Path, archive: Path) -> None:
 def pick_thresholds(folder: Path, family: str, out: Path) -> dict:
     """`toxserve evaluate --split test --pick-thresholds f1 --write-thresholds` on the held-out split: writes
     thresholds.json (the served labels use it) and the report under `out`; returns the per-label figures."""
-    from serving.evaluate_command import run_evaluation
+    from serving.tools.evaluate_command import run_evaluation
 
     reports = run_evaluation(CORPUS, "test", [(family, str(folder), "auto", "fp32")], None, None, None, None,
                              THRESHOLD_TARGET, True, out, log=lambda message: None)
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         train(texts, y, folder, word_vectors=word_vectors)
         if not args.no_onnx:
-            from serving.export import export
+            from serving.tools.export import export
 
             export(folder, ["fp32", "int8", "fp16"] if family == "roberta" else ["fp32", "int8"],
                    read_labelled(CORPUS, split="test")[0])

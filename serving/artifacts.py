@@ -128,7 +128,7 @@ def load_classifier(
     """Resolve, detect and load: the one call the CLI and the server make.
 
     On a GPU, reduced precision is checked where it runs: torch `dtype` auto and an ONNX fp16 graph are served
-    only when their scores agree with fp32 on the same device (serving.precision), else fp32 with the reason.
+    only when their scores agree with fp32 on the same device (serving.engine.precision), else fp32 with the reason.
     `max_text_chars` / `max_word_chars` (LSTM) override the input caps (0: the model's defaults);
     `max_batch_size` bounds the shapes TensorRT's engine is built for; `accelerator` (a SimulatedAccelerator)
     is the device of backend sim (default: device 0 at the default costs)."""
@@ -180,7 +180,7 @@ def _load(path, device: str, max_length: int | None, backend: str, variant: str,
                            provider=provider, cache_dir=cache_dir, max_batch_size=max_batch_size)
 
         if on_gpu and variant == "fp16":
-            from serving.precision import choose_half_or_full
+            from serving.engine.precision import choose_half_or_full
 
             return choose_half_or_full(load_onnx, "fp16", "fp32", f"ONNX on {device}")
         return load_onnx(variant)
@@ -194,7 +194,7 @@ def _load(path, device: str, max_length: int | None, backend: str, variant: str,
         return RobertaClassifier(model_dir, device=device, max_length=max_length, dtype=chosen)
 
     if dtype == "auto" and on_gpu:
-        from serving.precision import choose_half_or_full
+        from serving.engine.precision import choose_half_or_full
 
         return choose_half_or_full(load_torch, "fp16", "fp32", f"torch on {device}")
     return load_torch("fp32" if dtype == "auto" else dtype)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_DIR_ENV = "TOXSERVE_RUN_DIR"  # the server's private run folder: settings, this board, the channel's sockets
+SIM_DEVICE_ENV = "SERVING_SIM_DEVICE"  # set in each process pinned to a simulated accelerator: its index
 SLOT = struct.Struct("<qqqqd")  # pid, state, queued texts, restarts, heartbeat (time.monotonic, host-wide)
 BOARD_FILE = "board"
 STALE_S = 10.0  # a ready engine whose heartbeat is older is hung: front ends stop sending, the supervisor kills it

@@ -22,6 +22,15 @@ REQUEST, REPLY = 1, 2
 
 
 @dataclass(frozen=True, slots=True)
+class BatchedResult:
+    """A request's scores in input order, with the longest its texts waited and computed (in the batcher)."""
+
+    scores: np.ndarray
+    queue_s: float
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ScoreRequest:
     """One request's (or one part's) encoded texts for one engine generation (its pid)."""
 

@@ -36,7 +36,7 @@ def predict(model_dir, input_path, output_path, output_format, batch_size, devic
 
     from serving.artifacts import load_classifier
     from serving.corpus import read_records, text_of
-    from serving.device import pick_device
+    from serving.engine.device import pick_device
     from serving.results import text_results
 
     records = read_records(sys.stdin) if input_path == "-" else read_records(Path(input_path))
@@ -63,7 +63,7 @@ def predict(model_dir, input_path, output_path, output_format, batch_size, devic
 def export_command(model_dir, variants, texts_path, force) -> None:
     """Export a model folder to ONNX (onnx/model.<variant>.onnx), checking each variant against torch."""
     from serving.corpus import read_records, text_of
-    from serving.export import TOLERANCES, export
+    from serving.tools.export import TOLERANCES, export
 
     chosen = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = set(chosen) - set(TOLERANCES)
@@ -112,7 +112,7 @@ def parse_model_spec(spec: str) -> tuple[str, str, str, str]:
 def evaluate(data_path, split, models, endpoint_url, endpoint_name, region, runtime_url, target, write_thresholds,
              out_dir) -> None:
     """Per-label AP/AUC, score distributions, confusion at thresholds, warnings; Markdown + JSON + PNG."""
-    from serving.evaluate_command import run_evaluation
+    from serving.tools.evaluate_command import run_evaluation
 
     try:
         run_evaluation(Path(data_path), split, [parse_model_spec(m) for m in models], endpoint_url, endpoint_name,
@@ -142,8 +142,8 @@ def evaluate(data_path, split, models, endpoint_url, endpoint_name, region, runt
 def deploy(name, image_uri, role_arn, model_data, bucket, instance_type, instance_count, from_report, capacity_rps,
            utilisation, max_instances, env_pairs, region, dry_run, no_wait) -> None:
     """Create a SageMaker model, endpoint config and endpoint (and autoscaling from measured capacity)."""
-    from serving.deploy import AwsCalls, Deployment
-    from serving.deploy import deploy as run_deploy
+    from serving.tools.deploy import AwsCalls, Deployment
+    from serving.tools.deploy import deploy as run_deploy
 
     chosen = json.loads(Path(from_report).read_text()).get("recommendation") or {} if from_report else {}
     instance_type = instance_type or chosen.get("instance_type")
@@ -165,8 +165,8 @@ def deploy(name, image_uri, role_arn, model_data, bucket, instance_type, instanc
 @click.option("--dry-run", is_flag=True)
 def undeploy(name, bucket, region, dry_run) -> None:
     """Remove the endpoint, its config, model, autoscaling (and uploaded archive) that deploy made."""
-    from serving.deploy import AwsCalls
-    from serving.deploy import undeploy as run_undeploy
+    from serving.tools.deploy import AwsCalls
+    from serving.tools.deploy import undeploy as run_undeploy
 
     run_undeploy(name, AwsCalls(region=region, dry_run=dry_run, log=click.echo), bucket)
 
@@ -187,8 +187,8 @@ def undeploy(name, bucket, region, dry_run) -> None:
 def transform(job, model_name, input_s3, output_s3, instance_type, instance_count, max_payload_mb,
               invocation_timeout_s, region, dry_run) -> None:
     """Batch transform over JSON Lines (a record per line in, a result per line out)."""
-    from serving.deploy import AwsCalls
-    from serving.deploy import transform as run_transform
+    from serving.tools.deploy import AwsCalls
+    from serving.tools.deploy import transform as run_transform
 
     run_transform(AwsCalls(region=region, dry_run=dry_run, log=click.echo), job, model_name, input_s3, output_s3,
                   instance_type, instance_count, max_payload_mb, invocation_timeout_s)

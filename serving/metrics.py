@@ -14,7 +14,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from serving.batching import BatchStats
+from serving.engine.batching import BatchStats
 
 PREFIX = "toxserve_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

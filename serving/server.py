@@ -18,7 +18,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from serving.config import Settings
-from serving.device import GPU_WORKER_THREADS
+from serving.engine.device import GPU_WORKER_THREADS
 from serving.gpus import VISIBLE_ENV, Gpu, check_dtype, discover, next_slot
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,10 @@ class Server(BaseApplication):
             state.service.stop(self.settings.graceful_timeout_s)
 
     def load(self):
-        from serving.app import create_app
         from serving.artifacts import load_classifier
-        from serving.device import set_torch_threads
-        from serving.handlers import Handler, load_user_module, user_code_waiting_limit
+        from serving.engine.device import set_torch_threads
+        from serving.frontend.app import create_app
+        from serving.frontend.handlers import Handler, load_user_module, user_code_waiting_limit
         from serving.metrics import observe_batch
         from serving.service import InferenceService
 
@@ -197,7 +197,7 @@ def share_vectors(model_dir: Path) -> None:
 
 def choose_layout(settings: Settings, model_dir: Path, gpus: list[Gpu]) -> tuple[str, str]:
     """engines or workers, and why (see Settings.layout)."""
-    from serving.handlers import has_user_code
+    from serving.frontend.handlers import has_user_code
 
     user_code = has_user_code(model_dir)
     if user_code and settings.layout == "engines":

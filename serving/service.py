@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from serving import metrics
-from serving.batching import BatchedResult, Batcher, PaddingRule
 from serving.classifier import Classifier, EncodedText
 from serving.config import Settings
+from serving.engine.batching import BatchedResult, Batcher, PaddingRule
 from serving.errors import BadRequest, DeviceFailed, RequestTimeout, UnprocessableInput
 from serving.results import text_results, with_python_floats
 
@@ -144,7 +144,7 @@ class InferenceService:
         return self.device_failure is None and self.batcher.alive
 
     def _run_batch(self, batch: list[EncodedText]):
-        from serving.device import fatal_device_error, predict_splitting_on_oom
+        from serving.engine.device import fatal_device_error, predict_splitting_on_oom
 
         try:
             return predict_splitting_on_oom(self.classifier.predict_encoded, batch)

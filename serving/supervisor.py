@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from serving.board import RUN_DIR_ENV, STALE_S, Board, EngineState
+from serving.board import RUN_DIR_ENV, SIM_DEVICE_ENV, STALE_S, Board, EngineState
 from serving.config import Settings
 from serving.engine.main import LOAD_FAILED, SETTINGS_FILE
 from serving.gpus import VISIBLE_ENV, Gpu
@@ -64,9 +64,7 @@ class Supervisor:
         if gpus:
             env[VISIBLE_ENV] = gpus[index].visible_id
         elif self.settings.backend == "sim":
-            from serving.models.simulated import DEVICE_ENV
-
-            env[DEVICE_ENV] = str(index)
+            env[SIM_DEVICE_ENV] = str(index)
         return env
 
     def run(self) -> int:

@@ -17,10 +17,10 @@ from concurrent.futures import Future
 
 import zmq
 
-from serving.batching import BatchedResult, Batcher
 from serving.board import Board, EngineState
 from serving.channel import ScoreReply, ScoreRequest, failure_reply, pack, unpack
 from serving.classifier import EncodedText
+from serving.engine.batching import BatchedResult, Batcher
 from serving.errors import NotReady
 
 log = logging.getLogger(__name__)

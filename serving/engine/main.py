@@ -77,7 +77,7 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
     """The model on this engine's device behind an InferenceService (batcher, device health), warmed up."""
     from serving import metrics
     from serving.artifacts import load_classifier
-    from serving.device import set_torch_threads
+    from serving.engine.device import set_torch_threads
     from serving.service import InferenceService
 
     s = settings

@@ -18,9 +18,8 @@ from pathlib import Path
 import zmq
 
 from serving import metrics
-from serving.batching import BatchedResult
 from serving.board import Board, EngineState, EngineStatus, error_path, socket_address
-from serving.channel import ScoreReply, ScoreRequest, pack, unpack
+from serving.channel import BatchedResult, ScoreReply, ScoreRequest, pack, unpack
 from serving.classifier import EncodedText
 from serving.errors import NotReady, QueueFull
 

@@ -62,10 +62,10 @@ def complete_bodies(app):
 
 
 def create() -> Flask:
-    from serving.app import create_app
     from serving.engine.main import read_settings
+    from serving.frontend.app import create_app
     from serving.frontend.engines import EngineClient
-    from serving.handlers import Handler
+    from serving.frontend.handlers import Handler
     from serving.server import LOG_CONFIG
     from serving.service import InferenceService
 

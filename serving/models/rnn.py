@@ -185,7 +185,7 @@ class RNNClassifier(RNNText):
 
     @property
     def runs_on_any_thread(self) -> bool:
-        from serving.device import torch_runs_on_any_thread
+        from serving.engine.device import torch_runs_on_any_thread
 
         return torch_runs_on_any_thread(self.device)
 

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.board import SIM_DEVICE_ENV
 from serving.classifier import EncodedText, Scores
 from serving.models.rnn import RNNText
 from serving.models.roberta import RobertaText
 
 SIM_SCORE = 0.01  # every label of every text: below any sensible threshold, so responses carry no labels
 LOCKS_ENV = "SERVING_SIM_LOCKS"  # set by serve's master: the folder of its simulated devices' lock files
-DEVICE_ENV = "SERVING_SIM_DEVICE"  # set in each worker: the index of the simulated device it is pinned to
+DEVICE_ENV = SIM_DEVICE_ENV  # set in each worker (or engine): the index of the simulated device it is pinned to
 
 
 @dataclass(frozen=True)

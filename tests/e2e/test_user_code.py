@@ -13,7 +13,7 @@ from tests.e2e.conftest import running_server
 OVERRIDE_INPUT_AND_OUTPUT = '''
 import json
 
-from serving.handlers import default_input_fn
+from serving.frontend.handlers import default_input_fn
 
 
 def input_fn(input_data, content_type):

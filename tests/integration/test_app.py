@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from serving import load_classifier
-from serving.app import create_app
 from serving.config import Settings
-from serving.handlers import Handler
+from serving.frontend.app import create_app
+from serving.frontend.handlers import Handler
 from serving.service import InferenceService
 
 TEXTS = ["you are a stupid idiot", "thanks for the great write up", "i will find where you live, \"loser\""]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from serving import load_classifier
 from serving.cli import main
 from serving.corpus import read_labelled
-from serving.evaluation import per_label_report
+from serving.tools.evaluation import per_label_report
 from tests.conftest import CORPUS
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from moto import mock_aws
 
 from serving.cli import main
-from serving.deploy import GPU_AMI, AwsCalls, Deployment, deploy, invocations_target, undeploy
+from serving.tools.deploy import GPU_AMI, AwsCalls, Deployment, deploy, invocations_target, undeploy
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
@@ -86,7 +86,7 @@ def test_transform_job_uses_json_lines(aws):
     calls = AwsCalls(region=REGION, log=lambda m: None)
     boto3.client("sagemaker", region_name=REGION).create_model(
         ModelName="tox", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
-    from serving.deploy import transform
+    from serving.tools.deploy import transform
 
     transform(calls, "job1", "tox", "s3://models/in/", "s3://models/out/", "ml.c5.xlarge")
     job = boto3.client("sagemaker", region_name=REGION).describe_transform_job(TransformJobName="job1")

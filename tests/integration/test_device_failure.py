@@ -10,9 +10,9 @@ import time
 import pytest
 
 from serving import load_classifier, metrics
-from serving.app import create_app
 from serving.config import Settings
-from serving.handlers import Handler
+from serving.frontend.app import create_app
+from serving.frontend.handlers import Handler
 from serving.service import InferenceService
 
 ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from serving import load_classifier
-from serving.app import create_app
 from serving.cli import main
 from serving.config import Settings
 from serving.corpus import read_labelled
-from serving.evaluation import confusion, evaluate_scores, label_warnings
-from serving.handlers import Handler
+from serving.frontend.app import create_app
+from serving.frontend.handlers import Handler
 from serving.service import InferenceService, read_thresholds
+from serving.tools.evaluation import confusion, evaluate_scores, label_warnings
 from tests.conftest import CORPUS
 
 TEXTS, Y = read_labelled(CORPUS, split="test")

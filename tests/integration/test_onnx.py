@@ -14,8 +14,8 @@ from serving import ModelLoadError, load_classifier
 from serving.artifacts import choose_backend
 from serving.cli import main
 from serving.corpus import read_labelled
-from serving.evaluation import roc_auc
 from serving.models.onnx_runtime import weights_digest
+from serving.tools.evaluation import roc_auc
 from tests.conftest import CORPUS
 
 TEXTS, Y = read_labelled(CORPUS, split="test")
@@ -55,7 +55,7 @@ def test_int8_keeps_decisions_and_auc(exported):
 
 
 def test_a_variant_missing_its_tolerance_is_not_written_unless_forced(exported, monkeypatch, tmp_path):
-    from serving import export as export_module
+    from serving.tools import export as export_module
 
     folder = tmp_path / "model"
     shutil.copytree(exported, folder, ignore=shutil.ignore_patterns("onnx"))

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, select_batch
 from serving.classifier import EncodedText
+from serving.engine.batching import Batcher, select_batch
 from serving.errors import NotReady, QueueFull, RequestTimeout
 
 
@@ -163,7 +163,7 @@ def test_a_model_returning_the_wrong_row_count_is_an_error_for_its_callers():
 def test_cuda_out_of_memory_splits_the_batch_instead_of_failing():
     import torch
 
-    from serving.device import predict_splitting_on_oom
+    from serving.engine.device import predict_splitting_on_oom
 
     calls = []
 

@@ -39,6 +39,30 @@ def test_mypy_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("module", ["classifier.py", "results.py", "corpus.py", "evaluation.py", "errors.py"])
+@pytest.mark.parametrize("module", ["classifier.py", "results.py", "corpus.py", "tools/evaluation.py", "errors.py"])
 def test_framework_free_modules(module):
     assert not imported_modules(PACKAGE / module) & {"flask", "torch", "gunicorn", "transformers"}
+
+
+def test_the_folders_show_which_process_runs_what():
+    """The data path runs one way: the engine never imports the HTTP side, the front end never the engine's
+    batching or device code, and neither imports the offline tools; the supervisor needs no model runtime."""
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return found
+
+    for path in (PACKAGE / "engine").glob("*.py"):
+        bad = {m for m in imports(path) if m.startswith(("serving.frontend", "serving.tools", "flask", "granian"))}
+        assert not bad, f"{path.name} imports {bad}"
+    for path in (PACKAGE / "frontend").glob("*.py"):
+        bad = {m for m in imports(path) if m.startswith(("serving.engine.batching", "serving.engine.device",
+                                                         "serving.engine.precision", "serving.tools", "torch.cuda"))}
+        assert not bad, f"{path.name} imports {bad}"
+    supervisor = imports(PACKAGE / "supervisor.py")
+    assert not {m for m in supervisor if m.startswith(("torch", "serving.models", "serving.frontend"))}, supervisor

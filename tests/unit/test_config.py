@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.batching import PaddingRule
 from serving.config import Settings
+from serving.engine.batching import PaddingRule
 
 
 def test_sagemaker_and_serving_variables_are_read():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from serving.evaluation import average_precision, per_label_report, roc_auc
+from serving.tools.evaluation import average_precision, per_label_report, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))

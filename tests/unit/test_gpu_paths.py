@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
-from serving.device import fatal_device_error, is_out_of_memory, predict_splitting_on_oom
+from serving.engine.device import fatal_device_error, is_out_of_memory, predict_splitting_on_oom
 from serving.errors import ModelLoadError
 from serving.gpus import Gpu, check_dtype, next_slot, visible_ids
 from serving.models.onnx_runtime import ShapeRange, provider_list, verify_providers

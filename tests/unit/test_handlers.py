@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serving.errors import ModelLoadError
-from serving.handlers import Handler, default_input_fn, load_user_module
+from serving.frontend.handlers import Handler, default_input_fn, load_user_module
 
 
 def test_no_code_folder_means_defaults(tmp_path):

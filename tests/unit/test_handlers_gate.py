@@ -8,7 +8,7 @@ import time
 import pytest
 
 from serving.errors import QueueFull, RequestTimeout
-from serving.handlers import OneAtATime, user_code_waiting_limit
+from serving.frontend.handlers import OneAtATime, user_code_waiting_limit
 from serving.service import request_deadline
 
 

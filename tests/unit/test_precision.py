@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
+from serving.engine.precision import CHECK_TEXTS, HALF_MIN_DECISIONS_AGREE, agreement, choose_half_or_full
 from serving.errors import ModelLoadError
-from serving.precision import CHECK_TEXTS, HALF_MIN_DECISIONS_AGREE, agreement, choose_half_or_full
 
 
 class Scorer:

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from serving import codecs
-from serving.evaluation import confusion, pick_threshold
+from serving.frontend import codecs
 from serving.results import decide, text_results
+from serving.tools.evaluation import confusion, pick_threshold
 
 LABELS = ["toxicity", "insult", "threat"]
 

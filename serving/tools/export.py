@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from serving.classifier import Classifier
+from serving.engine.precision import agreement
 from serving.models.onnx_runtime import (
     EXPORT_REPORT,
     ONNX_DIR,
@@ -21,7 +22,6 @@ from serving.models.onnx_runtime import (
     onnx_path,
     weights_digest,
 )
-from serving.precision import agreement
 
 OPSET = 17
 # (max |score diff|, share of label decisions at 0.5 that must agree) per variant

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import eval_report
 from serving.corpus import label_matrix, read_split, text_of
-from serving.evaluation import POSITIVE_AT, evaluate_scores, pick_threshold
 from serving.service import THRESHOLDS_FILE, read_thresholds
+from serving.tools import eval_report
+from serving.tools.evaluation import POSITIVE_AT, evaluate_scores, pick_threshold
 
 
 def _progress(iterable):

@@ -23,8 +23,8 @@ from typing import Any
 
 from sagemaker_inference import parameters as sm
 
-from serving import codecs
 from serving.errors import BadRequest, ModelLoadError, NotAcceptable, QueueFull, RequestTimeout
+from serving.frontend import codecs
 from serving.results import dumps, with_python_floats
 from serving.service import (
     Classification,

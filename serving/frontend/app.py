@@ -13,17 +13,18 @@ from pathlib import Path
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving import codecs, metrics
+from serving import metrics
 from serving.config import Settings
 from serving.errors import NotReady, ServingError
-from serving.handlers import Handler
+from serving.frontend import codecs
+from serving.frontend.handlers import Handler
 from serving.service import InferenceService, request_deadline
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-OPENAPI = Path(__file__).with_name("openapi.json")  # routes, bodies and errors; tests fuzz the server against it
+OPENAPI = Path(__file__).parent.parent / "openapi.json"  # routes, bodies and errors; tests fuzz the server against it
 
 
 class ModelState:

@@ -20,19 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.channel import BatchedResult
 from serving.classifier import EncodedText
 from serving.errors import NotReady, QueueFull, RequestTimeout
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchedResult:
-    """A request's scores in input order, with the longest its texts waited and computed."""
-
-    scores: np.ndarray
-    queue_s: float
-    compute_s: float
 
 
 @dataclass(frozen=True, slots=True)

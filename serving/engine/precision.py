@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.classifier import Classifier
-from serving.device import fatal_device_error
+from serving.engine.device import fatal_device_error
 from serving.errors import ModelLoadError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.evaluation import POSITIVE_AT
+from serving.tools.evaluation import POSITIVE_AT
 
 
 def curves(y_true: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""Offline tools: ONNX export, evaluation and its report, SageMaker deployment; never on the request path."""
