@@ -18,9 +18,12 @@ from pathlib import Path
 
 RUN_DIR_ENV = "TOXSERVE_RUN_DIR"  # the server's private run folder: settings, this board, the channel's sockets
 SIM_DEVICE_ENV = "SERVING_SIM_DEVICE"  # set in each process pinned to a simulated accelerator: its index
-SLOT = struct.Struct("<qqqqd")  # pid, state, queued texts, restarts, heartbeat (time.monotonic, host-wide)
+SLOT = struct.Struct("<qqqqdd")  # pid, state, queued texts, restarts, heartbeat, forward started (monotonic)
 BOARD_FILE = "board"
 STALE_S = 10.0  # a ready engine whose heartbeat is older is hung: front ends stop sending, the supervisor kills it
+# A forward running longer is stuck (a hung kernel, a lost device: the heartbeat thread beats on, since device calls
+# release the GIL); every request it holds is past its deadline long before.
+STUCK_S = 120.0
 
 
 class EngineState(enum.IntEnum):
@@ -39,11 +42,14 @@ class EngineStatus:
     queued_texts: int
     restarts: int
     heartbeat: float
+    forward_since: float = 0.0  # when the running forward started; 0 while none runs
 
     @property
     def serving(self) -> bool:
-        """Ready, and its heartbeat thread alive within STALE_S."""
-        return self.state == EngineState.READY and time.monotonic() - self.heartbeat < STALE_S
+        """Ready, its heartbeat thread alive within STALE_S, and no forward stuck (running over STUCK_S)."""
+        now = time.monotonic()
+        return (self.state == EngineState.READY and now - self.heartbeat < STALE_S
+                and not (self.forward_since and now - self.forward_since > STUCK_S))
 
 
 class Board:
@@ -68,8 +74,8 @@ class Board:
         return cls(path, path.stat().st_size // SLOT.size)
 
     def read(self, index: int) -> EngineStatus:
-        pid, state, queued, restarts, heartbeat = SLOT.unpack_from(self._map, index * SLOT.size)
-        return EngineStatus(index, pid, EngineState(state), queued, restarts, heartbeat)
+        pid, state, queued, restarts, heartbeat, forward_since = SLOT.unpack_from(self._map, index * SLOT.size)
+        return EngineStatus(index, pid, EngineState(state), queued, restarts, heartbeat, forward_since)
 
     def all(self) -> list[EngineStatus]:
         return [self.read(i) for i in range(self.engines)]
@@ -80,11 +86,15 @@ class Board:
         SLOT.pack_into(self._map, index * SLOT.size, now.pid if pid is None else pid,
                        now.state if state is None else state,
                        now.queued_texts if queued_texts is None else queued_texts,
-                       now.restarts if restarts is None else restarts, time.monotonic())
+                       now.restarts if restarts is None else restarts, time.monotonic(), 0.0)
 
     def set_queued(self, index: int, queued_texts: int) -> None:
         """The engine's hot path: its queue depth only (one field, no read-modify-write)."""
         struct.pack_into("<q", self._map, index * SLOT.size + 16, queued_texts)
+
+    def forward(self, index: int, started: float) -> None:
+        """The engine, around each forward: when it started (0 when it ended)."""
+        struct.pack_into("<d", self._map, index * SLOT.size + 40, started)
 
     def beat(self, index: int) -> None:
         """The engine's heartbeat thread: alive (a forward may hold the I/O thread, never this one for long)."""

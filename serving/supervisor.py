@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from serving.board import RUN_DIR_ENV, SIM_DEVICE_ENV, STALE_S, Board, EngineState
+from serving.board import RUN_DIR_ENV, SIM_DEVICE_ENV, STALE_S, STUCK_S, Board, EngineState
 from serving.config import Settings
 from serving.engine.main import LOAD_FAILED, SETTINGS_FILE
 from serving.gpus import VISIBLE_ENV, Gpu
@@ -43,7 +43,8 @@ class EngineProcess:
     started_at: float = 0.0
     restart_at: float = 0.0  # when a dead engine is due to start again (0: not waiting)
     quick_deaths: int = 0
-    was_ready: bool = False  # a load failure after that (a GPU error in a restart's warm-up) is retried
+    was_ready: bool = False  # a load failure after that (a GPU error in a restart's warm-up) is retried, a few times
+    unhealthy_since: float = 0.0
 
 
 class Supervisor:
@@ -132,11 +133,18 @@ class Supervisor:
         if status.pid != process.pid or status.state != EngineState.READY:
             return
         engine.was_ready = True
-        if not status.serving:
-            log.error("engine %d (pid %d) has sent no heartbeat for %.0f s; killing it", engine.index, process.pid,
-                      STALE_S)
-            process.kill()
-            process.wait()
+        if status.serving:
+            engine.unhealthy_since = 0.0
+            return
+        now = time.monotonic()
+        if not engine.unhealthy_since:  # one reading may be torn mid-write: act on two, apart
+            engine.unhealthy_since = now
+            return
+        if now - engine.unhealthy_since >= 0.5:
+            log.error("engine %d (pid %d) is hung (no heartbeat for %.0f s, or a forward running over %.0f s); "
+                      "killing it", engine.index, process.pid, STALE_S, STUCK_S)
+            engine.unhealthy_since = 0.0
+            process.kill()  # reaped by the next round of the watch
 
     def _died(self, engine: EngineProcess, process: subprocess.Popen) -> None:
         from prometheus_client import multiprocess
@@ -144,7 +152,7 @@ class Supervisor:
         if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(process.pid)
         engine.process = None
-        if process.returncode == LOAD_FAILED and not engine.was_ready:
+        if process.returncode == LOAD_FAILED and (not engine.was_ready or engine.quick_deaths >= 3):
             log.error("engine %d could not load the model; /ping answers 503 with the reason", engine.index)
             return
         self.board.write(engine.index, state=EngineState.DEAD, queued_texts=0,

@@ -51,8 +51,8 @@ class Endpoint:
         self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
         self._stop = threading.Event()
         self._parent = parent if parent is not None else os.getppid()  # the supervisor, read before loading
-        self._parts: queue.SimpleQueue = queue.SimpleQueue()  # parts of large requests, waiting for room in order
-        self._parts_thread: threading.Thread | None = None
+        self._parts: dict[bytes, queue.SimpleQueue] = {}  # per front-end thread: its request's parts, in order
+        self._parts_lock = threading.Lock()
         self._io_thread = 0
         self.on_received = on_received
 
@@ -119,14 +119,22 @@ class Endpoint:
                 self._submit(identity, request, encoded, len(arrived) == 1)
 
     def _feed_part(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText]) -> None:
-        if self._parts_thread is None:
-            self._parts_thread = threading.Thread(target=self._feed_parts, name="parts", daemon=True)
-            self._parts_thread.start()
-        self._parts.put((identity, request, encoded))
+        """Parts of one request (one front-end thread: one identity) wait for room in order on a thread of their
+        own; parts of different requests wait side by side, so one starved request holds up no other."""
+        with self._parts_lock:
+            parts = self._parts.get(identity)
+            if parts is None:
+                parts = self._parts[identity] = queue.SimpleQueue()
+                threading.Thread(target=self._feed_parts, args=(identity, parts), name="parts", daemon=True).start()
+            parts.put((request, encoded))
 
-    def _feed_parts(self) -> None:
+    def _feed_parts(self, identity: bytes, parts: queue.SimpleQueue) -> None:
         while True:
-            identity, request, encoded = self._parts.get()
+            with self._parts_lock:
+                if parts.empty():  # the request's last part is queued: this thread ends
+                    del self._parts[identity]
+                    return
+            request, encoded = parts.get()
             self._submit(identity, request, encoded, False)
 
     def _submit(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:

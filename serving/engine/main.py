@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
                         on_received=lambda texts: metrics.engine_received.labels(str(index)).inc(texts), parent=parent)
     signal.signal(signal.SIGTERM, lambda *_: endpoint.stop())
     service.on_device_failure = lambda reason: endpoint.stop()  # answer 503s, drain, exit: a fresh engine follows
+    watch_forwards(service, board, index)
     if stopping.is_set():
         endpoint.stop()
     board.write(index, state=EngineState.READY)
@@ -101,3 +102,17 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
     service = InferenceService(classifier, s, model_dir, on_batch=on_batch)
     service.warmup()
     return service
+
+
+def watch_forwards(service, board: Board, index: int) -> None:
+    """Stamp each forward's start on the board, so a forward stuck in a device call is seen (STUCK_S)."""
+    run_batch = service.batcher.run_batch
+
+    def timed(batch):
+        board.forward(index, time.monotonic())
+        try:
+            return run_batch(batch)
+        finally:
+            board.forward(index, 0.0)
+
+    service.batcher.run_batch = timed

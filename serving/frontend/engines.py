@@ -66,7 +66,7 @@ class EngineClient:
         if any(s.state == EngineState.DEAD for s in states):
             return "the engine stopped and is being restarted"
         if any(s.state == EngineState.READY for s in states):
-            return "the engine does not answer (no heartbeat); it is being restarted"
+            return "the engine does not answer (no heartbeat, or a forward stuck); it is being restarted"
         if all(s.state == EngineState.STOPPING for s in states):
             return "the server is shutting down"
         return "model is loading"
@@ -103,11 +103,8 @@ class EngineClient:
             socket.send(pack(request), zmq.NOBLOCK)
         except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
             raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
-        counted = not wait_for_room  # a large request's parts wait for room in the engine: bounded by the queue
-        if counted:
-            with self._lock:
-                self._in_flight += 1
-        return PendingScores(self, socket, engine, request.request_id, counted)
+        self._started_waiting()
+        return PendingScores(self, socket, engine, request.request_id)
 
     def _socket(self, index: int) -> zmq.Socket:
         sockets = getattr(self._local, "sockets", None)
@@ -121,22 +118,31 @@ class EngineClient:
             socket.connect(socket_address(self.run_dir, index))
         return socket
 
+    def _started_waiting(self) -> None:
+        """A request thread serves one request at a time: it counts once in flight however many parts it sent."""
+        pending = getattr(self._local, "pending", 0)
+        self._local.pending = pending + 1
+        if pending == 0:
+            with self._lock:
+                self._in_flight += 1
+
     def _done(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
+        self._local.pending -= 1
+        if self._local.pending == 0:
+            with self._lock:
+                self._in_flight -= 1
 
 
 class PendingScores:
     """One sent request; result() waits on the sending thread's own socket (the thread that submitted it)."""
 
-    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int,
-                 counted: bool = True) -> None:
+    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int) -> None:
         self.client = client
         self.socket = socket
         self.engine = engine
         self.request_id = request_id
         self.sent_at = time.monotonic()
-        self._settled = not counted  # a part not counted in flight is never uncounted
+        self._settled = False
         client._local.stash[request_id] = None  # awaited
 
     def result(self, timeout: float | None = None) -> BatchedResult:

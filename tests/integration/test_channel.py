@@ -121,6 +121,11 @@ def test_ping_reasons_follow_the_board(tmp_path):
     assert not client.alive and client.why_not_alive() == "model is loading"
     board.write(1, state=EngineState.READY)
     assert client.alive
+    board.forward(1, time.monotonic() - 200)  # a forward stuck in a device call: the heartbeat thread beats on
+    board.beat(1)
+    assert not client.alive and "does not answer" in client.why_not_alive()
+    board.forward(1, 0.0)
+    assert client.alive
     board.write(1, state=EngineState.DEAD)
     assert "being restarted" in client.why_not_alive()
     error_path(run_dir, 0).write_text("ModelLoadError: config.json is missing")
@@ -146,16 +151,27 @@ def test_a_draining_engine_finishes_what_it_took_and_refuses_the_rest(demo_dir, 
         assert taken.result(5).scores.shape == (1, 7)
 
 
-def test_a_request_over_half_the_queue_goes_in_parts_on_one_engine_thread(demo_dir, tmp_path):
+def test_a_request_over_half_the_queue_goes_in_parts_and_counts_once_in_flight(demo_dir, tmp_path):
     from serving.service import InferenceService, RequestOptions
 
-    with engine(tmp_path, **sim(demo_dir, 2, max_queue_texts=16)) as (client, _, service, _):
+    with engine(tmp_path, **sim(demo_dir, 10, max_queue_texts=16)) as (client, _, service, _):
         client.max_in_flight = 2
         front = InferenceService(service.classifier, Settings(max_queue_texts=16), None, queue=client)
-        threads_before = threading.active_count()
         texts = [f"text number {i}" for i in range(200)]
-        result = front.classify(texts, RequestOptions())
-        assert len(result.results) == 200
-        assert threading.active_count() <= threads_before + 1  # one thread feeds every part, in order
+        seen, done = [], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                seen.append(client._in_flight)
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        small = [front.classify([f"small {i}"], RequestOptions()) for i in range(1)]
+        result = front.classify(texts, RequestOptions())  # 25 parts, fed in order while they wait for room
+        done.set()
+        watcher.join()
+        assert len(result.results) == 200 and len(small[0].results) == 1
+        assert max(seen) == 1, max(seen)  # one request in flight, however many parts it sent
         assert client._in_flight == 0
-        client.admit(1)  # its 25 parts never counted against the front end's in-flight limit
+        client.admit(1)
