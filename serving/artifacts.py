@@ -137,6 +137,11 @@ def load_classifier(
     else:
         classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir,
                            max_batch_size)
+    return with_input_caps(classifier, max_text_chars, max_word_chars)
+
+
+def with_input_caps(classifier: Classifier, max_text_chars: int, max_word_chars: int) -> Classifier:
+    """The settings' caps on a text's characters and (LSTM) a word's characters; 0 keeps the model's default."""
     classifier.max_text_chars = max_text_chars
     if max_word_chars and hasattr(classifier, "max_word_chars"):
         classifier.max_word_chars = max_word_chars  # type: ignore[attr-defined]

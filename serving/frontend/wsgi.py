@@ -35,14 +35,11 @@ class RNNTextSide(_NoModel, RNNText):
 
 
 def load_text_side(model_dir: Path, settings: Settings) -> Classifier:
-    from serving.artifacts import detect_family
+    from serving.artifacts import detect_family, with_input_caps
 
     side = RNNTextSide if detect_family(model_dir) == "rnn" else RobertaTextSide
     text = side(model_dir, "engines", settings.max_length or None)
-    text.max_text_chars = settings.max_text_chars
-    if isinstance(text, RNNText):
-        text.max_word_chars = settings.max_word_chars
-    return text
+    return with_input_caps(text, settings.max_text_chars, settings.max_word_chars)
 
 
 def complete_bodies(app):

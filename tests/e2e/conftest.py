@@ -61,6 +61,32 @@ def running_server(tmp_path: Path, *args: str, env: dict | None = None, ready_ti
         server.stop()
 
 
+def sigterm_under_load(server: RunningServer, texts_of, clients: int = 48) -> tuple[int, float, list]:
+    """`clients` threads each post texts_of(i); SIGTERM goes to `serve` once they are under way. Returns serve's exit
+    code, how long it took to exit, and per client ("answered", status, predictions) or ("refused", error, 0)."""
+    import threading
+
+    results: list = []
+
+    def send(i: int) -> None:
+        try:
+            response = requests.post(server.url + "/invocations", json={"inputs": texts_of(i)}, timeout=60)
+            results.append(("answered", response.status_code, len(response.json().get("predictions", []))))
+        except requests.ConnectionError as exc:  # not accepted before the drain began
+            results.append(("refused", str(exc), 0))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    code = server.stop()
+    took = time.monotonic() - started
+    for t in threads:
+        t.join(60)
+    return code, took, results
+
+
 @pytest.fixture(scope="module", params=["roberta", "rnn", "roberta-engines", "rnn-engines"])
 def server(request, demo_dir, tmp_path_factory):
     """Both demo models in the CPU default layout (workers), and in layout engines (front ends feeding an engine

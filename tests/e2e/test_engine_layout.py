@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import requests
 
-from tests.e2e.conftest import running_server
+from tests.e2e.conftest import running_server, sigterm_under_load
 
 TEXT = "thanks for the thoughtful reply, I will read the paper tonight"
 
@@ -75,24 +75,7 @@ def test_an_engine_killed_mid_load_loses_no_request_silently_and_the_endpoint_re
 def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(demo_dir, tmp_path):
     with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "20", "--max-batch-size", "4") as server:
         engines = engine_pids(server)
-        results: list = []
-
-        def send(i: int) -> None:
-            try:
-                response = post(server.url, [f"{TEXT} {i}"] * 5, timeout=60)
-                results.append(("answered", response.status_code, len(response.json().get("predictions", []))))
-            except requests.ConnectionError as exc:  # not accepted before the drain began
-                results.append(("refused", str(exc), 0))
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(48)]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        started = time.monotonic()
-        code = server.stop()
-        took = time.monotonic() - started
-        for t in threads:
-            t.join(60)
+        code, took, results = sigterm_under_load(server, lambda i: [f"{TEXT} {i}"] * 5)
         answered = [r for r in results if r[0] == "answered"]
         assert code == 0, server.log()
         assert took < 25, took

@@ -17,7 +17,7 @@ from botocore.config import Config
 from serving import load_classifier
 from serving.corpus import read_labelled
 from tests.conftest import CORPUS
-from tests.e2e.conftest import running_server
+from tests.e2e.conftest import running_server, sigterm_under_load
 
 TEXTS, _ = read_labelled(CORPUS, split="test")
 
@@ -117,23 +117,7 @@ def test_overload_returns_429_quickly_and_accepted_requests_succeed(demo_dir, tm
 
 def test_sigterm_during_load_loses_no_accepted_request(demo_dir, tmp_path):
     with running_server(tmp_path, "--model-dir", str(demo_dir / "roberta")) as server:
-        results: list = []
-
-        def send(i):
-            try:
-                response = requests.post(server.url + "/invocations", json={"inputs": TEXTS[i % 50: i % 50 + 20]},
-                                         timeout=60)
-                results.append(("answered", response.status_code, len(response.json()["predictions"])))
-            except requests.ConnectionError as exc:
-                results.append(("refused", str(exc), 0))
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(48)]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        code = server.stop()
-        for t in threads:
-            t.join(60)
+        code, _, results = sigterm_under_load(server, lambda i: TEXTS[i % 50: i % 50 + 20])
         answered = [r for r in results if r[0] == "answered"]
         print(f"{len(answered)} answered, {len(results) - len(answered)} refused after SIGTERM")
         assert code == 0, server.log()
