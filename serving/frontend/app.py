@@ -1,8 +1,10 @@
-"""create_app(settings): the SageMaker routes, error rendering and access logs; the only module importing Flask."""
+"""create_app(settings): the SageMaker contract's app; the only module importing Flask.
+
+/invocations and /ping are answered by serving.frontend.direct before Flask sees them; Flask serves the rest
+(execution parameters, the OpenAPI document, metrics, 404s)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,15 +17,13 @@ from werkzeug.exceptions import HTTPException
 
 from serving import metrics
 from serving.config import Settings
-from serving.errors import NotReady, ServingError
-from serving.frontend import codecs
+from serving.errors import ServingError
+from serving.frontend.direct import CUSTOM_ATTRIBUTES, DirectRoutes, error_body, record
 from serving.frontend.handlers import Handler
-from serving.service import InferenceService, request_deadline
+from serving.service import InferenceService
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("serving.access")
 
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 OPENAPI = Path(__file__).parent.parent / "openapi.json"  # routes, bodies and errors; tests fuzz the server against it
 
 
@@ -88,21 +88,7 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     @app.before_request
     def start_timer() -> None:
         g.started = time.monotonic()
-        g.deadline_token = request_deadline.set(g.started + settings.timeout_s)
         g.request_id = request.headers.get("X-Amzn-RequestId") or uuid.uuid4().hex
-
-    @app.teardown_request
-    def forget_deadline(_error) -> None:
-        """The deadline belongs to this request: the thread's next use (another request, a test) must not see it."""
-        token = g.pop("deadline_token", None)
-        if token is not None:
-            request_deadline.reset(token)
-
-    @app.route("/ping", methods=["GET", "POST"])
-    def ping():
-        if state.ready:
-            return Response(status=200)
-        raise NotReady(state.why_not_ready)
 
     @app.route("/execution-parameters", methods=["GET"])
     def execution_parameters():
@@ -121,17 +107,6 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     def metrics_page():
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
-
-    @app.route("/invocations", methods=["POST"])
-    @app.route("/endpoints/<name>/invocations", methods=["POST"])
-    def invocations(name: str | None = None):
-        accept = codecs.choose_accept(request.headers.get("Accept"))
-        body = request.get_data(cache=False)
-        if not state.ready or state.handler is None:
-            raise NotReady(state.why_not_ready)
-        reply = state.handler.invoke(body, request.headers.get("Content-Type") or codecs.JSON, accept,
-                                     request.headers.get(CUSTOM_ATTRIBUTES))
-        return Response(reply.body, content_type=reply.content_type, headers=reply.headers)
 
     @app.errorhandler(ServingError)
     def serving_error(exc: ServingError):
@@ -156,21 +131,14 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
         if attributes is not None:
             response.headers[CUSTOM_ATTRIBUTES] = attributes
         response.headers["X-Request-Id"] = g.get("request_id", "")
-        elapsed = time.monotonic() - g.get("started", time.monotonic())
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.request_latency.labels(route).observe(elapsed)
-        if state.service is not None and not state.service.remote:  # engines report their own queues
-            metrics.queue_depth.set(state.service.batcher.queued_texts)
-        access_log.info(json.dumps({
-            "request_id": g.get("request_id"), "method": request.method, "path": request.path,
-            "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
-        }))
+        record(request.method, request.path, route, response.status_code, g.get("started", time.monotonic()),
+               g.get("request_id", ""))
         return response
 
+    app.wsgi_app = DirectRoutes(app.wsgi_app, state, settings)  # type: ignore[method-assign]
     return app
 
 
 def error_response(status: int, code: str, message: str) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status=status, content_type="application/json")
+    return Response(error_body(code, message), status=status, content_type="application/json")

@@ -6,7 +6,6 @@ run folder (channel sockets, status board) come from the folder named by serving
 
 from __future__ import annotations
 
-import io
 import logging.config
 import os
 from collections.abc import Sequence
@@ -42,22 +41,6 @@ def load_text_side(model_dir: Path, settings: Settings) -> Classifier:
     return with_input_caps(text, settings.max_text_chars, settings.max_word_chars)
 
 
-def complete_bodies(app):
-    """A chunked body comes from granian without a Content-Length, and werkzeug then reads it only up to the
-    payload limit, silently (a 400 for cut JSON, or a wrong answer). Reading it here and giving werkzeug its length
-    makes werkzeug answer 413 as it does under gunicorn."""
-
-    def wsgi(environ, start_response):
-        if not environ.get("CONTENT_LENGTH") and environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
-            body = environ["wsgi.input"].read()
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
-            environ.pop("HTTP_TRANSFER_ENCODING", None)  # werkzeug ignores the length of a body still marked chunked
-        return app(environ, start_response)
-
-    return wsgi
-
-
 def create() -> Flask:
     from serving.engine.main import read_settings
     from serving.frontend.app import create_app
@@ -76,5 +59,4 @@ def create() -> Flask:
         return Handler(InferenceService(load_text_side(model_dir, settings), settings, model_dir, queue=client))
 
     app = create_app(settings, build_handler=build, load_in_background=False)
-    app.wsgi_app = complete_bodies(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -295,3 +296,56 @@ def test_a_request_leaves_no_deadline_behind_on_its_thread(served):
         response = call()
         assert response.status_code in (200, 404, 413)
         assert request_deadline.get() is None
+
+
+def call_wsgi(app, method: str, path: str, body: bytes = b"", **environ) -> tuple[str, dict, bytes, io.BytesIO]:
+    """The app called as a WSGI server calls it, with the environ a test client would not send (no length)."""
+    stream = io.BytesIO(body)
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "test", "SERVER_PORT": "80",
+           "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": stream, "wsgi.errors": io.StringIO(),
+           "CONTENT_TYPE": "application/json", **environ}
+    answer: dict = {}
+    chunks = app(env, lambda status, headers: answer.update(status=status, headers=dict(headers)))
+    return answer["status"], answer["headers"], b"".join(chunks), stream
+
+
+def test_inference_and_health_routes_keep_the_contract_without_flask(served):
+    """/invocations and /ping are answered before Flask (serving.frontend.direct): methods, HEAD, request ids,
+    echoed attributes on errors too, and the endpoint route's metrics label."""
+    client, _ = served
+    head = client.head("/ping")
+    assert head.status_code == 200 and head.data == b""
+    for method, path, allow in (("PUT", "/ping", "GET, HEAD, POST"), ("GET", "/endpoints/e/invocations", "POST"),
+                                ("DELETE", "/invocations", "POST")):
+        response = client.open(path, method=method)
+        assert response.status_code == 405 and response.headers["Allow"] == allow
+        assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert client.post("/endpoints/a/b/invocations", json=["hi"]).status_code == 404
+    given = post(client, ["hi"], **{"X-Amzn-RequestId": "req-123"})
+    assert given.status_code == 200 and given.headers["X-Request-Id"] == "req-123"
+    fresh = post(client, ["hi"])
+    assert len(fresh.headers["X-Request-Id"]) == 32 and fresh.headers["X-Request-Id"] != "req-123"
+    bad = post(client, "not json", **{"X-Amzn-SageMaker-Custom-Attributes": "trace=1"})
+    assert bad.status_code == 400 and bad.headers["X-Amzn-SageMaker-Custom-Attributes"] == "trace=1"
+    assert bad.headers["Content-Type"] == "application/json" and "X-Request-Id" in bad.headers
+    assert client.post("/endpoints/my-endpoint/invocations", json=["hi"]).status_code == 200
+    page = client.get("/metrics").data.decode()
+    assert 'route="/endpoints/<name>/invocations"' in page and 'route="/ping"' in page
+
+
+def test_a_body_without_a_length_is_read_only_up_to_the_limit(served):
+    """A chunked body (no Content-Length) over the payload limit gets 413 after limit + 1 bytes, not read whole;
+    a declared length over it gets 413 unread; a malformed length 400."""
+    client, _ = served
+    app = client.application
+    limit = int(0.05 * 1024 * 1024)
+    status, headers, body, stream = call_wsgi(app, "POST", "/invocations", b'"' + b"x" * (4 * limit) + b'"')
+    assert status.startswith("413") and json.loads(body)["error"]["code"] == "payload_too_large"
+    assert stream.tell() == limit + 1
+    status, _, _, stream = call_wsgi(app, "POST", "/invocations", b'"x"' * limit, CONTENT_LENGTH=str(3 * limit))
+    assert status.startswith("413") and stream.tell() == 0
+    status, _, body, _ = call_wsgi(app, "POST", "/invocations", b'["hi"]', CONTENT_LENGTH="six")
+    assert status.startswith("400") and "Content-Length" in json.loads(body)["error"]["message"]
+    status, headers, body, _ = call_wsgi(app, "POST", "/invocations", b'["hi"]')
+    assert status.startswith("200") and headers["Content-Length"] == str(len(body))
+    assert json.loads(body)["predictions"][0]["scores"]
