@@ -40,6 +40,7 @@ engine_received = Counter(f"{PREFIX}engine_texts_received_total", "Texts each en
 channel_seconds = Histogram(f"{PREFIX}channel_seconds", "Per-request time on the channel between front end and "
                             "engine (round trip less the engine's queue and compute)",
                             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1))
+_stages = [stage_latency.labels(stage) for stage in ("tokenize", "queue", "inference")]
 model_load_seconds = Gauge(f"{PREFIX}model_load_seconds", "Model load and warm-up time", multiprocess_mode="max")
 
 
@@ -50,9 +51,10 @@ def observe_batch(stats: BatchStats) -> None:
 
 def observe_request(texts_count: int, truncated: int, tokenize_s: float, queue_s: float, compute_s: float) -> None:
     texts.inc(texts_count)
-    truncated_texts.inc(truncated)
-    for stage, seconds in (("tokenize", tokenize_s), ("queue", queue_s), ("inference", compute_s)):
-        stage_latency.labels(stage).observe(seconds)
+    if truncated:
+        truncated_texts.inc(truncated)
+    for stage, seconds in zip(_stages, (tokenize_s, queue_s, compute_s), strict=True):
+        stage.observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

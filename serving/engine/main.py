@@ -54,8 +54,9 @@ def main(argv: list[str]) -> int:
     from serving import metrics
     from serving.engine.endpoint import Endpoint
 
+    received = metrics.engine_received.labels(str(index))
     endpoint = Endpoint(service.batcher, socket_address(run_dir, index), board, index, settings.graceful_timeout_s,
-                        on_received=lambda texts: metrics.engine_received.labels(str(index)).inc(texts), parent=parent)
+                        on_received=received.inc, parent=parent)
     signal.signal(signal.SIGTERM, lambda *_: endpoint.stop())
     service.on_device_failure = lambda reason: endpoint.stop()  # answer 503s, drain, exit: a fresh engine follows
     watch_forwards(service, board, index)
@@ -95,9 +96,11 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
                                  max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars,
                                  max_batch_size=s.max_batch_size, accelerator=accelerator)
 
+    queued = metrics.engine_queue.labels(str(index))
+
     def on_batch(stats) -> None:
         metrics.observe_batch(stats)
-        metrics.engine_queue.labels(str(index)).set(service.batcher.queued_texts)
+        queued.set(service.batcher.queued_texts)
 
     service = InferenceService(classifier, s, model_dir, on_batch=on_batch)
     service.warmup()

@@ -16,9 +16,11 @@ other).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import fcntl
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from serving.classifier import EncodedText, Scores
 from serving.models.rnn import RNNText
 from serving.models.roberta import RobertaText
 
+PR_SET_TIMERSLACK = 29
+_slack = threading.local()
 SIM_SCORE = 0.01  # every label of every text: below any sensible threshold, so responses carry no labels
 LOCKS_ENV = "SERVING_SIM_LOCKS"  # set by serve's master: the folder of its simulated devices' lock files
 DEVICE_ENV = SIM_DEVICE_ENV  # set in each worker (or engine): the index of the simulated device it is pinned to
@@ -64,6 +68,17 @@ def make_device_locks(count: int) -> Path:
     return folder
 
 
+def exact_sleeps() -> None:
+    """Linux lets a thread's sleep end up to its timer slack (50 us by default) late; a device's forward ends when
+    it is done, so the calling thread's slack goes to 1 ns (once per thread; nothing where prctl is missing)."""
+    if getattr(_slack, "exact", False):
+        return
+    _slack.exact = True
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)
+    if prctl is not None:
+        prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+
+
 class SimulatedForward:
     """Mixed in before a family's text side: the forward waits on the simulated device instead of computing."""
 
@@ -86,6 +101,7 @@ class SimulatedForward:
         wait = self.accelerator.seconds(len(batch), max(1, max(item.length for item in batch)))
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # the device is busy with another process's batch until then
         try:
+            exact_sleeps()
             time.sleep(wait)  # a CUDA forward's host thread waits on the device; it does not compute
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

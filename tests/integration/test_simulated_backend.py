@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,3 +109,26 @@ def test_settings_refuse_nonsense_for_the_simulation():
     assert Settings.from_env({"SERVING_BACKEND": "sim", "SERVING_SIM_DEVICES": "2", "SERVING_SIM_FIXED_MS": "0.7",
                               "SERVING_SIM_PER_TOKEN_US": "3"}) == Settings(backend="sim", sim_devices=2,
                                                                             sim_fixed_ms=0.7, sim_per_token_us=3)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="timer slack is Linux's")
+def test_a_simulated_forward_sleeps_without_linux_timer_slack():
+    """Linux ends a sleep up to 50 us late by default, which a device's forward is not: the forward's thread asks
+    for 1 ns of slack, once."""
+    import ctypes
+    import threading
+
+    from serving.models.simulated import exact_sleeps
+
+    slack = []
+
+    def forward_thread():
+        prctl = ctypes.CDLL(None).prctl
+        prctl(29, 50_000, 0, 0, 0)  # PR_SET_TIMERSLACK: Linux's default, whatever this thread inherited
+        exact_sleeps()
+        slack.append(prctl(30, 0, 0, 0, 0))  # PR_GET_TIMERSLACK
+
+    thread = threading.Thread(target=forward_thread)
+    thread.start()
+    thread.join()
+    assert slack == [1]
