@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,6 +23,10 @@ def test_serve_spreads_workers_over_simulated_devices_and_answers_every_request(
     env = {"SERVING_BACKEND": "sim", "SERVING_SIM_DEVICES": str(devices), "SERVING_SIM_FIXED_MS": "2",
            "SERVING_SIM_PER_TOKEN_US": "5", "SERVING_WORKERS_PER_GPU": str(per_device or 1), "SERVING_LAYOUT": layout}
     with running_server(tmp_path, "--model-dir", str(demo_dir / family), env=env) as server:
+        if layout != "workers":  # /ping is 200 once any engine is ready; this test needs every one of them
+            deadline = time.monotonic() + 60
+            while len(re.findall(r"engine \d ready", server.log())) < devices and time.monotonic() < deadline:
+                time.sleep(0.2)
         body = {"inputs": [f"comment number {i}, " + "word " * (i % 40) for i in range(8)]}
 
         def invoke(_):
