@@ -33,7 +33,7 @@ class NotAcceptable(ServingError):
 
 class PayloadTooLarge(ServingError):
     status = 413
-    code = "payload_too_large"
+    code = "request_entity_too_large"  # the name werkzeug's 413 had before the inference route left Flask
 
 
 class UnsupportedMediaType(ServingError):

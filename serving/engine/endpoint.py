@@ -98,8 +98,11 @@ class Endpoint:
         """Everything that has arrived; a lone request may run on this thread when the model is idle (no thread
         hand-off either way), several go to the batcher's loop to be batched."""
         arrived = []
-        while _readable(self.router):  # asking is cheaper than a raised zmq.Again
-            arrived.append(self.router.recv_multipart(zmq.NOBLOCK))
+        try:
+            while _readable(self.router):  # asking is cheaper than a raised zmq.Again
+                arrived.append(self.router.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:  # not expected after EVENTS said readable; never worth the I/O thread
+            pass
         for identity, payload in arrived:
             request = unpack(payload)
             if not isinstance(request, ScoreRequest) or request.engine_pid != os.getpid():
@@ -168,7 +171,10 @@ class Endpoint:
 
     def _send_replies(self) -> None:
         while _readable(self.replies):
-            identity, payload = self.replies.recv_multipart(zmq.NOBLOCK)
+            try:
+                identity, payload = self.replies.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:  # not expected after EVENTS said readable
+                return
             self._in_flight -= 1
             self._send(identity, payload)
 

@@ -118,7 +118,11 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        allowed = getattr(exc, "valid_methods", None)  # a 405 says what is allowed, as the direct routes' do
+        if allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):

@@ -30,6 +30,7 @@ PING = "/ping"
 METHODS = {INVOCATIONS: ("POST",), ENDPOINT_INVOCATIONS: ("POST",), PING: ("GET", "HEAD", "POST")}
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_ENV = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+BODY_READ = "toxserve.body_read"  # environ key: the request's body was read whole
 REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 Answer = tuple[int, str, bytes, dict[str, str]]  # status, content type, body, extra headers
@@ -74,38 +75,49 @@ class DirectRoutes:
         if route is None:
             return self.fallback(environ, start_response)
         started = time.monotonic()
-        method = environ.get("REQUEST_METHOD", "GET")
+        method = environ.get("REQUEST_METHOD", "GET").upper()  # as werkzeug reads it (granian passes "post" on)
         token = request_deadline.set(started + self.settings.timeout_s)  # reading the body counts against it
         request_id = environ.get("HTTP_X_AMZN_REQUESTID") or uuid.uuid4().hex
+        label = route
         try:
-            if method not in METHODS[route]:
-                status, content_type, body, headers = self._error(
+            if method == "OPTIONS":
+                status, content_type, body, headers = 200, "text/html; charset=utf-8", b"", {}
+                headers["Allow"] = ", ".join(sorted((*METHODS[route], "OPTIONS")))
+            elif method not in METHODS[route]:
+                label = "unmatched"  # as Flask counts a wrong method
+                status, content_type, body, headers = _error(
                     405, "method_not_allowed", "The method is not allowed for the requested URL.")
-                headers["Allow"] = ", ".join(METHODS[route])
+                headers["Allow"] = ", ".join(sorted((*METHODS[route], "OPTIONS")))
             elif route == PING:
                 status, content_type, body, headers = self._ping()
             else:
                 status, content_type, body, headers = self._invoke(environ)
         except ServingError as exc:
-            status, content_type, body, headers = self._error(exc.status, exc.code, exc.message)
+            status, content_type, body, headers = _error(exc.status, exc.code, exc.message)
             if exc.status == 429:
                 headers["Retry-After"] = "1"
         except Exception:
             log.exception("internal error in request %s", request_id)
-            status, content_type, body, headers = self._error(
+            status, content_type, body, headers = _error(
                 500, "internal_error", f"internal error (request id {request_id})")
         finally:
             request_deadline.reset(token)
+        if _unread_body(environ):  # some servers close such a connection anyway: say so, so no client reuses it
+            headers["Connection"] = "close"
         attributes = environ.get(CUSTOM_ATTRIBUTES_ENV)
         if attributes is not None:
             headers[CUSTOM_ATTRIBUTES] = attributes
         headers["X-Request-Id"] = request_id
+        try:
+            record(method, path.encode("latin-1").decode("utf-8", "replace"), label, status, started, request_id)
+        except Exception:  # a metrics or log failure must not turn a finished answer into the server's own 500
+            log.exception("could not record request %s", request_id)
         head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers.items()]
         start_response(f"{status} {REASONS.get(status, '')}", head)
-        record(method, path, route, status, started, request_id)
         return [b""] if method == "HEAD" else [body]
 
     def _ping(self) -> Answer:
+        self._report_queue()
         if self.state.ready:
             return 200, "text/html; charset=utf-8", b"", {}
         raise NotReady(self.state.why_not_ready)
@@ -120,13 +132,19 @@ class DirectRoutes:
             reply = state.handler.invoke(body, environ.get("CONTENT_TYPE") or codecs.JSON, accept,
                                          environ.get(CUSTOM_ATTRIBUTES_ENV))
         finally:
-            service = state.service
-            if service is not None and not service.remote:  # engines report their own queues
-                metrics.queue_depth.set(service.batcher.queued_texts)
+            self._report_queue()
         return 200, reply.content_type, reply.body, dict(reply.headers)
 
+    def _report_queue(self) -> None:
+        """The worker's queue gauge, on invocations and on /ping (which SageMaker calls every few seconds), so
+        a queue emptied after the last invocation is not reported full. Engines report their own queues."""
+        service = self.state.service
+        if service is not None and not service.remote:
+            metrics.queue_depth.set(service.batcher.queued_texts)
+
     def _read_body(self, environ: dict) -> bytes:
-        """At most the payload limit: a declared length over it is refused unread, a chunked body once it passes it."""
+        """At most the payload limit: a declared length over it is refused unread, a chunked body once it passes it,
+        a body shorter than its declared length (the client stopped) is refused, not scored in part."""
         limit = self.settings.max_payload_bytes
         stream = environ["wsgi.input"]
         declared = environ.get("CONTENT_LENGTH")
@@ -139,14 +157,27 @@ class DirectRoutes:
                 raise BadRequest(f"Content-Length must be a non-negative integer, got {declared!r}")
             if length > limit:
                 raise PayloadTooLarge(too_large(limit))
-            return stream.read(length) if length else b""
-        body = stream.read(limit + 1)
-        if len(body) > limit:
-            raise PayloadTooLarge(too_large(limit))
+            body = stream.read(length) if length else b""
+            if len(body) != length:
+                raise BadRequest(f"the request body ended after {len(body)} of its {length} bytes")
+        else:
+            body = stream.read(limit + 1)
+            if len(body) > limit:
+                raise PayloadTooLarge(too_large(limit))
+        environ[BODY_READ] = True
         return body
 
-    def _error(self, status: int, code: str, message: str) -> Answer:
-        return status, "application/json", error_body(code, message), {}
+
+def _error(status: int, code: str, message: str) -> Answer:
+    return status, "application/json", error_body(code, message), {}
+
+
+def _unread_body(environ: dict) -> bool:
+    """Whether the request came with a body this answer left (partly) unread."""
+    if environ.get(BODY_READ):
+        return False
+    declared = environ.get("CONTENT_LENGTH") or "0"
+    return declared != "0" or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
 def too_large(limit: int) -> str:

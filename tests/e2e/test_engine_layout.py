@@ -134,8 +134,8 @@ def test_overload_gets_429_with_retry_after_at_the_door_in_milliseconds(demo_dir
 
 
 def test_an_over_long_chunked_body_gets_413_not_a_silently_cut_one(demo_dir, tmp_path):
-    """granian reads the whole body before the app sees it and sends no Content-Length for a chunked one: the
-    front end must still refuse it whole (werkzeug alone would cut it at the limit and answer 200)."""
+    """granian passes a chunked body on without a Content-Length: the front end must refuse it once it passes the
+    limit (werkzeug alone would cut it at the limit and answer 400 or 200)."""
     with sim_server(tmp_path, demo_dir, "--max-payload-mb", "1") as server:
         chunk = b'["' + b"word " * 150_000 + b'"]'  # ~0.75 MB of JSON, sent twice without a Content-Length
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -315,22 +316,32 @@ def test_inference_and_health_routes_keep_the_contract_without_flask(served):
     client, _ = served
     head = client.head("/ping")
     assert head.status_code == 200 and head.data == b""
-    for method, path, allow in (("PUT", "/ping", "GET, HEAD, POST"), ("GET", "/endpoints/e/invocations", "POST"),
-                                ("DELETE", "/invocations", "POST")):
+    before = client.get("/metrics").data.decode()
+    for method, path, allow in (("PUT", "/ping", "GET, HEAD, OPTIONS, POST"),
+                                ("GET", "/endpoints/e/invocations", "OPTIONS, POST"),
+                                ("DELETE", "/invocations", "OPTIONS, POST")):
         response = client.open(path, method=method)
         assert response.status_code == 405 and response.headers["Allow"] == allow
         assert response.get_json()["error"]["code"] == "method_not_allowed"
+        options = client.open(path, method="OPTIONS")
+        assert options.status_code == 200 and options.headers["Allow"] == allow
+    flask_405 = client.post("/metrics")
+    assert flask_405.status_code == 405 and "GET" in flask_405.headers["Allow"]
     assert client.post("/endpoints/a/b/invocations", json=["hi"]).status_code == 404
     given = post(client, ["hi"], **{"X-Amzn-RequestId": "req-123"})
     assert given.status_code == 200 and given.headers["X-Request-Id"] == "req-123"
     fresh = post(client, ["hi"])
-    assert len(fresh.headers["X-Request-Id"]) == 32 and fresh.headers["X-Request-Id"] != "req-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", fresh.headers["X-Request-Id"])
+    assert fresh.headers["X-Request-Id"] != post(client, ["hi"]).headers["X-Request-Id"]
     bad = post(client, "not json", **{"X-Amzn-SageMaker-Custom-Attributes": "trace=1"})
     assert bad.status_code == 400 and bad.headers["X-Amzn-SageMaker-Custom-Attributes"] == "trace=1"
     assert bad.headers["Content-Type"] == "application/json" and "X-Request-Id" in bad.headers
     assert client.post("/endpoints/my-endpoint/invocations", json=["hi"]).status_code == 200
     page = client.get("/metrics").data.decode()
     assert 'route="/endpoints/<name>/invocations"' in page and 'route="/ping"' in page
+    wrong_method = r'toxserve_requests_total\{route="unmatched",status="405"\} (\S+)'
+    counted = [float(m.group(1)) if m else 0.0 for m in (re.search(wrong_method, p) for p in (before, page))]
+    assert counted[1] - counted[0] == 4  # the three 405s above and POST /metrics, labelled as Flask labels them
 
 
 def test_a_body_without_a_length_is_read_only_up_to_the_limit(served):
@@ -338,14 +349,32 @@ def test_a_body_without_a_length_is_read_only_up_to_the_limit(served):
     a declared length over it gets 413 unread; a malformed length 400."""
     client, _ = served
     app = client.application
-    limit = int(0.05 * 1024 * 1024)
-    status, headers, body, stream = call_wsgi(app, "POST", "/invocations", b'"' + b"x" * (4 * limit) + b'"')
-    assert status.startswith("413") and json.loads(body)["error"]["code"] == "payload_too_large"
-    assert stream.tell() == limit + 1
-    status, _, _, stream = call_wsgi(app, "POST", "/invocations", b'"x"' * limit, CONTENT_LENGTH=str(3 * limit))
-    assert status.startswith("413") and stream.tell() == 0
+    limit = Settings(max_payload_mb=0.05).max_payload_bytes  # the fixture's
+    status, headers, body, stream = call_wsgi(app, "POST", "/invocations", b'"' + b"x" * (4 * limit) + b'"',
+                                              HTTP_TRANSFER_ENCODING="chunked")
+    assert status.startswith("413") and json.loads(body)["error"]["code"] == "request_entity_too_large"
+    assert stream.tell() == limit + 1 and headers["Connection"] == "close"  # the rest is never read
+    status, headers, _, stream = call_wsgi(app, "POST", "/invocations", b'"x"' * limit,
+                                           CONTENT_LENGTH=str(3 * limit))
+    assert status.startswith("413") and stream.tell() == 0 and headers["Connection"] == "close"
     status, _, body, _ = call_wsgi(app, "POST", "/invocations", b'["hi"]', CONTENT_LENGTH="six")
     assert status.startswith("400") and "Content-Length" in json.loads(body)["error"]["message"]
-    status, headers, body, _ = call_wsgi(app, "POST", "/invocations", b'["hi"]')
-    assert status.startswith("200") and headers["Content-Length"] == str(len(body))
+    status, _, body, _ = call_wsgi(app, "POST", "/invocations", b'["hi", "there"]', CONTENT_LENGTH="100")
+    assert status.startswith("400") and "ended after 15 of its 100 bytes" in json.loads(body)["error"]["message"]
+    status, headers, body, _ = call_wsgi(app, "post", "/invocations", b'["hi"]')  # granian passes it lower case
+    assert status.startswith("200") and headers["Content-Length"] == str(len(body)) and "Connection" not in headers
     assert json.loads(body)["predictions"][0]["scores"]
+
+
+def test_a_failing_metrics_write_does_not_cost_the_answer(served, monkeypatch):
+    """Counting and logging come after the answer is made: their failure is logged, the client still gets it."""
+    from serving.frontend import direct
+
+    client, _ = served
+
+    def broken(*_args):
+        raise OSError("metrics folder gone")
+
+    monkeypatch.setattr(direct, "record", broken)
+    response = post(client, ["hi"])
+    assert response.status_code == 200 and response.get_json()["predictions"]
