@@ -102,7 +102,8 @@ class DirectRoutes:
                 500, "internal_error", f"internal error (request id {request_id})")
         finally:
             request_deadline.reset(token)
-        if _unread_body(environ):  # some servers close such a connection anyway: say so, so no client reuses it
+        if _unread_body(environ):  # the connection cannot carry another request: say so (granian passes it on;
+            # gunicorn drops an app's Connection header but closes such a connection itself)
             headers["Connection"] = "close"
         attributes = environ.get(CUSTOM_ATTRIBUTES_ENV)
         if attributes is not None:
