@@ -30,7 +30,7 @@ PING = "/ping"
 METHODS = {INVOCATIONS: ("POST",), ENDPOINT_INVOCATIONS: ("POST",), PING: ("GET", "HEAD", "POST")}
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_ENV = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
-BODY_READ = "toxserve.body_read"  # environ key: the request's body was read whole
+BODY_READ = "toxserve.body_read"  # environ key: True once the body was read whole, False once given up on
 REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 Answer = tuple[int, str, bytes, dict[str, str]]  # status, content type, body, extra headers
@@ -102,9 +102,8 @@ class DirectRoutes:
                 500, "internal_error", f"internal error (request id {request_id})")
         finally:
             request_deadline.reset(token)
-        if _unread_body(environ):  # the connection cannot carry another request: say so (granian passes it on;
-            # gunicorn drops an app's Connection header but closes such a connection itself)
-            headers["Connection"] = "close"
+        if not _drained(environ, self.settings.max_payload_bytes):  # the connection cannot carry another request:
+            headers["Connection"] = "close"  # say so (granian passes it on; gunicorn drops it but closes anyway)
         attributes = environ.get(CUSTOM_ATTRIBUTES_ENV)
         if attributes is not None:
             headers[CUSTOM_ATTRIBUTES] = attributes
@@ -157,13 +156,16 @@ class DirectRoutes:
             if length < 0:
                 raise BadRequest(f"Content-Length must be a non-negative integer, got {declared!r}")
             if length > limit:
+                environ[BODY_READ] = False
                 raise PayloadTooLarge(too_large(limit))
             body = stream.read(length) if length else b""
             if len(body) != length:
+                environ[BODY_READ] = False
                 raise BadRequest(f"the request body ended after {len(body)} of its {length} bytes")
         else:
             body = stream.read(limit + 1)
             if len(body) > limit:
+                environ[BODY_READ] = False
                 raise PayloadTooLarge(too_large(limit))
         environ[BODY_READ] = True
         return body
@@ -173,12 +175,28 @@ def _error(status: int, code: str, message: str) -> Answer:
     return status, "application/json", error_body(code, message), {}
 
 
-def _unread_body(environ: dict) -> bool:
-    """Whether the request came with a body this answer left (partly) unread."""
-    if environ.get(BODY_READ):
+def _drained(environ: dict, limit: int) -> bool:
+    """Whether the connection is in step for its next request: the body was read, or an answer given before
+    reading it (405, 406, 503) could read and drop it within the payload limit. gunicorn would otherwise close
+    the connection after the answer while the answer says keep-alive, and a client reusing it loses a request."""
+    if BODY_READ in environ:  # read whole, or given up on (too large, cut short)
+        return environ[BODY_READ]
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
         return False
-    declared = environ.get("CONTENT_LENGTH") or "0"
-    return declared != "0" or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not length and not chunked:
+        return True
+    if length > limit:
+        return False
+    stream = environ["wsgi.input"]
+    try:
+        if length:
+            return len(stream.read(length)) == length
+        return len(stream.read(limit + 1)) <= limit
+    except Exception:  # a broken body: nothing more to read from this connection
+        return False
 
 
 def too_large(limit: int) -> str:

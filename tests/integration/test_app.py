@@ -361,6 +361,10 @@ def test_a_body_without_a_length_is_read_only_up_to_the_limit(served):
     assert status.startswith("400") and "Content-Length" in json.loads(body)["error"]["message"]
     status, _, body, _ = call_wsgi(app, "POST", "/invocations", b'["hi", "there"]', CONTENT_LENGTH="100")
     assert status.startswith("400") and "ended after 15 of its 100 bytes" in json.loads(body)["error"]["message"]
+    for method, extra, answer in (("DELETE", {}, "405"), ("POST", {"HTTP_ACCEPT": "image/png"}, "406")):
+        status, headers, _, stream = call_wsgi(app, method, "/invocations", b'["hi"]' * 20, CONTENT_LENGTH="120",
+                                               **extra)  # answered before reading: the body is read and dropped
+        assert status.startswith(answer) and stream.tell() == 120 and "Connection" not in headers
     status, headers, body, _ = call_wsgi(app, "post", "/invocations", b'["hi"]')  # granian passes it lower case
     assert status.startswith("200") and headers["Content-Length"] == str(len(body)) and "Connection" not in headers
     assert json.loads(body)["predictions"][0]["scores"]
