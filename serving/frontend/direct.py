@@ -28,6 +28,7 @@ INVOCATIONS = "/invocations"
 ENDPOINT_INVOCATIONS = "/endpoints/<name>/invocations"  # the route's name in metrics, as Flask's rule reads
 PING = "/ping"
 METHODS = {INVOCATIONS: ("POST",), ENDPOINT_INVOCATIONS: ("POST",), PING: ("GET", "HEAD", "POST")}
+ALLOW = {route: ", ".join(sorted((*methods, "OPTIONS"))) for route, methods in METHODS.items()}
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_ENV = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
 BODY_READ = "toxserve.body_read"  # environ key: True once the body was read whole, False once given up on
@@ -81,13 +82,12 @@ class DirectRoutes:
         label = route
         try:
             if method == "OPTIONS":
-                status, content_type, body, headers = 200, "text/html; charset=utf-8", b"", {}
-                headers["Allow"] = ", ".join(sorted((*METHODS[route], "OPTIONS")))
+                status, content_type, body, headers = 200, "text/html; charset=utf-8", b"", {"Allow": ALLOW[route]}
             elif method not in METHODS[route]:
                 label = "unmatched"  # as Flask counts a wrong method
                 status, content_type, body, headers = _error(
                     405, "method_not_allowed", "The method is not allowed for the requested URL.")
-                headers["Allow"] = ", ".join(sorted((*METHODS[route], "OPTIONS")))
+                headers["Allow"] = ALLOW[route]
             elif route == PING:
                 status, content_type, body, headers = self._ping()
             else:
@@ -102,7 +102,7 @@ class DirectRoutes:
                 500, "internal_error", f"internal error (request id {request_id})")
         finally:
             request_deadline.reset(token)
-        if not _drained(environ, self.settings.max_payload_bytes):  # the connection cannot carry another request:
+        if not self._drained(environ):  # the connection cannot carry another request:
             headers["Connection"] = "close"  # say so (granian passes it on; gunicorn drops it but closes anyway)
         attributes = environ.get(CUSTOM_ATTRIBUTES_ENV)
         if attributes is not None:
@@ -170,33 +170,22 @@ class DirectRoutes:
         environ[BODY_READ] = True
         return body
 
+    def _drained(self, environ: dict) -> bool:
+        """Whether the connection is in step for its next request: the body was read, or an answer given before
+        reading it (405, 406, 503) could read and drop it within the payload limit. gunicorn would otherwise close
+        the connection after the answer while the answer says keep-alive, and a client reusing it loses a request."""
+        if BODY_READ not in environ:
+            if not environ.get("CONTENT_LENGTH") and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+                return True  # no body came
+            try:
+                self._read_body(environ)
+            except Exception:  # too large, cut short, a malformed length or a broken stream: never in step again
+                environ[BODY_READ] = False
+        return environ[BODY_READ]
+
 
 def _error(status: int, code: str, message: str) -> Answer:
     return status, "application/json", error_body(code, message), {}
-
-
-def _drained(environ: dict, limit: int) -> bool:
-    """Whether the connection is in step for its next request: the body was read, or an answer given before
-    reading it (405, 406, 503) could read and drop it within the payload limit. gunicorn would otherwise close
-    the connection after the answer while the answer says keep-alive, and a client reusing it loses a request."""
-    if BODY_READ in environ:  # read whole, or given up on (too large, cut short)
-        return environ[BODY_READ]
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return False
-    if not length and not chunked:
-        return True
-    if length > limit:
-        return False
-    stream = environ["wsgi.input"]
-    try:
-        if length:
-            return len(stream.read(length)) == length
-        return len(stream.read(limit + 1)) <= limit
-    except Exception:  # a broken body: nothing more to read from this connection
-        return False
 
 
 def too_large(limit: int) -> str:
