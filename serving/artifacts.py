@@ -88,8 +88,8 @@ def detect_family(model_dir: Path) -> str:
         config = json.loads(config_path.read_text())
     except ValueError as exc:
         raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from exc
-    from serving.models.rnn import ARCHITECTURE
-    from serving.models.roberta import ARCHITECTURES
+    from serving.models.rnn_text import ARCHITECTURE
+    from serving.models.roberta_text import ARCHITECTURES
 
     if config.get("architecture") == ARCHITECTURE:
         return "rnn"

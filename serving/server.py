@@ -187,7 +187,7 @@ def fresh_metrics_dir() -> None:
 def share_vectors(model_dir: Path) -> None:
     """The LSTM's fastText matrix, cached once here (before the fork) for every worker to memory-map."""
     from serving.errors import ModelLoadError
-    from serving.models.rnn import prepare_shared_vectors
+    from serving.models.rnn_text import prepare_shared_vectors
 
     try:
         prepare_shared_vectors(model_dir)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from serving.errors import ModelLoadError
+
+if TYPE_CHECKING:  # torch is imported where weights are read: the ONNX runtime names WEIGHT_FILES without it
+    import torch
+    from torch import nn
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -27,6 +29,8 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and pickle raise many kinds; all mean "bad file"
         raise ModelLoadError(f"{path}: corrupt or unreadable weights ({type(exc).__name__}: {exc})") from exc

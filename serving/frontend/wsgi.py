@@ -16,8 +16,8 @@ from flask import Flask
 from serving.board import RUN_DIR_ENV
 from serving.classifier import Classifier, EncodedText, Scores
 from serving.config import Settings
-from serving.models.rnn import RNNText
-from serving.models.roberta import RobertaText
+from serving.models.rnn_text import RNNText
+from serving.models.roberta_text import RobertaText
 
 
 class _NoModel:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from serving.classifier import EncodedText, Scores, logits_to_scores
 from serving.errors import ModelLoadError
-from serving.models.rnn import RNNText
-from serving.models.roberta import RobertaText
+from serving.models.rnn_text import RNNText
+from serving.models.roberta_text import RobertaText
 from serving.weights import WEIGHT_FILES
 
 ONNX_DIR = "onnx"

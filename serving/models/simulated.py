@@ -30,8 +30,8 @@ import numpy as np
 
 from serving.board import SIM_DEVICE_ENV
 from serving.classifier import EncodedText, Scores
-from serving.models.rnn import RNNText
-from serving.models.roberta import RobertaText
+from serving.models.rnn_text import RNNText
+from serving.models.roberta_text import RobertaText
 
 PR_SET_TIMERSLACK = 29
 _slack = threading.local()

@@ -66,3 +66,19 @@ def test_the_folders_show_which_process_runs_what():
         assert not bad, f"{path.name} imports {bad}"
     supervisor = imports(PACKAGE / "supervisor.py")
     assert not {m for m in supervisor if m.startswith(("torch", "serving.models", "serving.frontend"))}, supervisor
+
+
+@pytest.mark.parametrize("family", ["roberta", "rnn"])
+def test_a_front_end_tokenises_without_torch(demo_dir, family):
+    """A front end (one per CPU core) loads its folder's text side without importing torch or transformers:
+    each import cost seconds of start and hundreds of MB per process, for nothing a front end uses."""
+    code = (
+        "import sys; from pathlib import Path; from serving.config import Settings; "
+        "from serving.frontend.wsgi import load_text_side; "
+        f"text = load_text_side(Path({str(demo_dir / family)!r}), Settings()); "
+        "assert text.encode(['hello, world'])[0].length > 0; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
