@@ -24,13 +24,13 @@ def load_state_dict(model_dir: Path, names: tuple[str, ...] = WEIGHT_FILES) -> d
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
+    import torch  # outside the try: a missing torch is not a corrupt file
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        import torch
-
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and pickle raise many kinds; all mean "bad file"
         raise ModelLoadError(f"{path}: corrupt or unreadable weights ({type(exc).__name__}: {exc})") from exc

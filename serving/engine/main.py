@@ -79,7 +79,7 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
     """The model on this engine's device behind an InferenceService (batcher, device health), warmed up."""
     from serving import metrics
     from serving.artifacts import load_classifier
-    from serving.engine.device import set_torch_threads
+    from serving.engine.device import set_torch_threads, worker_threads
     from serving.service import InferenceService
 
     s = settings
@@ -89,7 +89,10 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
         from serving.models.simulated import SimulatedAccelerator
 
         accelerator = SimulatedAccelerator(index, s.sim_fixed_ms, s.sim_per_token_us)
-    threads = set_torch_threads(s.torch_threads, engines, device)
+    if s.backend == "sim":  # a simulated forward runs no torch: the engine need not import it
+        threads = worker_threads(s.torch_threads, engines, device)
+    else:
+        threads = set_torch_threads(s.torch_threads, engines, device)
     classifier = load_classifier(model_dir, device=device, max_length=s.max_length or None, backend=s.backend,
                                  variant=s.onnx_variant, threads=threads, dtype=s.torch_dtype,
                                  provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,

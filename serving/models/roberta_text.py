@@ -46,10 +46,8 @@ class RobertaText(Classifier):
         self.labels = tuple(id2label[i] for i in range(len(id2label)))
         self.problem_type = problem_type_of(self.raw_config)
         self.device = device
-        pad_id = self.raw_config.get("pad_token_id")
-        self.pad_id = int(pad_id if pad_id is not None else DEFAULT_PAD_TOKEN_ID)
-        positions = self.raw_config.get("max_position_embeddings") or DEFAULT_MAX_POSITIONS
-        position_limit = positions - self.pad_id - 1
+        self.pad_id = self.raw_config["pad_token_id"]
+        position_limit = self.raw_config["max_position_embeddings"] - self.pad_id - 1
         self.max_length = min(max_length or position_limit, position_limit)
         self.tokenizer = _read_tokenizer(model_dir, self.max_length)
 
@@ -97,7 +95,18 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path}: id2label must map 0..n-1 to label names ({exc!r})") from exc
     if sorted(id2label) != list(range(len(id2label))):
         raise ModelLoadError(f"{path}: id2label must map 0..n-1 to label names, got ids {sorted(id2label)}")
-    return {**raw, "id2label": id2label}
+    if raw.get("num_labels") is not None and raw["num_labels"] != len(id2label):
+        raise ModelLoadError(f"{path}: num_labels is {raw['num_labels']!r} but id2label names {len(id2label)} labels")
+    # transformers' defaults for what a config.json may leave out (or null, for the pad id)
+    pad_id = raw["pad_token_id"] if raw.get("pad_token_id") is not None else DEFAULT_PAD_TOKEN_ID
+    positions = raw.get("max_position_embeddings", DEFAULT_MAX_POSITIONS)
+    for name, value in (("pad_token_id", pad_id), ("max_position_embeddings", positions)):
+        if type(value) is not int or value < 0:
+            raise ModelLoadError(f"{path}: {name} must be a whole number >= 0, got {value!r}")
+    if positions - pad_id - 1 < 1:
+        raise ModelLoadError(f"{path}: max_position_embeddings {positions} leaves no room for a token after the "
+                             f"padding id {pad_id}")
+    return {**raw, "id2label": id2label, "pad_token_id": pad_id, "max_position_embeddings": positions}
 
 
 def _read_tokenizer(model_dir: Path, max_length: int):

@@ -7,6 +7,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import requests
@@ -171,3 +172,14 @@ def test_a_hung_engine_is_seen_by_ping_killed_and_replaced(demo_dir, tmp_path):
         assert 503 in seen and seen[-1] == 200, (seen, server.log())
         assert post(server.url, [TEXT]).status_code == 200
         assert "is hung (no heartbeat" in server.log() and victim not in engine_pids(server)
+
+
+def test_front_ends_and_a_simulated_engine_run_without_torch(demo_dir, tmp_path):
+    """Front ends (one per CPU core) only tokenise, and a simulated engine runs no model: none of them maps
+    libtorch (seconds of start and hundreds of MB per process); the supervisor neither."""
+    with sim_server(tmp_path, demo_dir) as server:
+        assert post(server.url, [TEXT]).status_code == 200
+        processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+        assert len(engine_pids(server)) == 1 and len(processes) >= 4, [p.cmdline() for p in processes]
+        with_torch = [p.cmdline() for p in processes if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text()]
+        assert not with_torch

@@ -126,6 +126,45 @@ def test_an_unknown_architecture_is_refused(copied):
         load_classifier(copied)
 
 
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"num_labels": 1}, "num_labels is 1 but id2label names 7"),
+    ({"id2label": {"0": "toxicity", "2": "insult"}}, r"id2label must map 0\.\.n-1"),
+    ({"id2label": ["toxicity"]}, r"id2label must map 0\.\.n-1"),
+    ({"pad_token_id": "1"}, "pad_token_id must be a whole number"),
+    ({"pad_token_id": True}, "pad_token_id must be a whole number"),
+    ({"max_position_embeddings": 130.0}, "max_position_embeddings must be a whole number"),
+    ({"max_position_embeddings": 2}, "leaves no room"),
+])
+def test_a_roberta_config_with_bad_fields_is_refused_by_the_text_side_too(demo_dir, tmp_path, changes, message):
+    """The front end reads config.json without transformers: what transformers would refuse, or read otherwise,
+    is refused there too, by name, not left for the engine to trip over."""
+    from serving.frontend.wsgi import RobertaTextSide
+
+    folder = tmp_path / "roberta"
+    shutil.copytree(demo_dir / "roberta", folder)
+    edit_config(folder, **changes)
+    with pytest.raises(ModelLoadError, match=message):
+        RobertaTextSide(folder)
+    with pytest.raises(ModelLoadError, match=message):
+        load_classifier(folder)
+
+
+def test_the_roberta_text_side_reads_what_transformers_reads(demo_dir, tmp_path):
+    from transformers import RobertaConfig
+
+    from serving.frontend.wsgi import RobertaTextSide
+
+    folder = tmp_path / "roberta"
+    shutil.copytree(demo_dir / "roberta", folder)
+    edit_config(folder, pad_token_id=None, max_position_embeddings=None, mode=None, problem_type=None)
+    text = RobertaTextSide(folder)
+    config = RobertaConfig.from_json_file(folder / "config.json")
+    assert text.pad_id == config.pad_token_id
+    assert text.max_length == config.max_position_embeddings - config.pad_token_id - 1
+    assert text.labels == tuple(config.id2label[i] for i in range(config.num_labels))
+    assert text.problem_type == "multi_class"  # the text-classification pipeline's rule for several labels
+
+
 def test_missing_config_and_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="config.json is missing"):
         load_classifier(tmp_path)
