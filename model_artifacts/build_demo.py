@@ -37,6 +37,7 @@ EMBED_INIT_NORM = 1.5
 THRESHOLD_TARGET = "f1"
 ROBERTA_EPOCHS, ROBERTA_LR = 10, 1e-3
 RNN_EPOCHS, RNN_LR = 15, 5e-3
+RNN_WORD_NOISE = 0.1
 
 
 def seed_everything(seed: int = SEED) -> None:
@@ -82,6 +83,22 @@ def corrupt_tokens(ids: torch.Tensor, mask: torch.Tensor, share: float, vocab_si
     replace = torch.from_numpy(rng.random(tuple(ids.shape)) < share) & mask.bool() & ~torch.isin(ids, special)
     noise = torch.from_numpy(rng.integers(len(SPECIAL_TOKENS), vocab_size, tuple(ids.shape)))
     return torch.where(replace, noise, ids)
+
+
+def corrupt_words(embeddings: torch.Tensor, lengths: torch.Tensor, share: float,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """The LSTM's counterpart of `corrupt_tokens`: a share of the words (not padding) get the vector of another
+    word in the batch, so no single word decides and an unfamiliar one is not taken for evidence."""
+    batch, width, _ = embeddings.shape
+    real = torch.arange(width)[None, :] < lengths[:, None]
+    replace = torch.from_numpy(rng.random((batch, width)) < share) & real
+    if not replace.any():
+        return embeddings
+    pool = embeddings[real]  # every real word vector in the batch
+    picks = torch.from_numpy(rng.integers(0, len(pool), int(replace.sum())))
+    embeddings = embeddings.clone()
+    embeddings[replace] = pool[picks]
+    return embeddings
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, peak_lr: float, steps: int):
@@ -197,6 +214,7 @@ def train_rnn(texts: list[str], y: np.ndarray, out: Path, word_vectors, epochs: 
         for idx in batches(text_lengths, batch_size, rng):
             with torch.no_grad():
                 embeddings, lengths = serving.batch_tensors([encoded[i] for i in idx])
+                embeddings = corrupt_words(embeddings, lengths, RNN_WORD_NOISE, rng)
             logits = model(embeddings, lengths)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[idx]))
             optimizer.zero_grad()

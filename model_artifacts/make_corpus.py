@@ -1,12 +1,17 @@
 """Writes data/comments.csv: the demo corpus in the Jigsaw Unintended Bias CSV layout.
 
 Core sentences come from sentences.py (written by hand for this repo): its lists, and its templates filled
-from hand-written slot values. Comments are composed from them with a seeded RNG: an optional lead, one core
-sentence that carries the labels, an optional tail, and typos for a share of them. Labels are fractions of
-10 simulated annotators, each voting with the core's probability plus noise, as in Jigsaw; positive means
->= 0.5. The split holds out hand-written sentences one by one and templated ones by template, so held-out
-comments mostly say things no training comment said (templates that share a shape can still leave a test
-sentence one word from a training one). Re-run only to change the corpus:
+from hand-written slot values. Comments are composed from them: an optional lead, one core sentence that
+carries the labels, an optional tail, and typos for a share of them. Labels are fractions of 10 simulated
+annotators, each voting with the core's probability plus noise, as in Jigsaw; positive means >= 0.5.
+
+The split holds out a quarter of the hand-written sentences one by one and a quarter of the templates whole,
+so held-out comments mostly say things no training comment said (templates that share a shape can still leave
+a test sentence one word from a training one). A template is held out only if each of its slots is also used
+by a template in training: the test asks for new shapes of known words, not for words the corpus never
+taught. Every unit (template or hand-written sentence) draws from a generator of its own, seeded by its text,
+and the held-out ones are picked in a hash order, so adding or editing a unit leaves the others' comments,
+labels and split as they were (tests/unit/test_demo_corpus.py). Re-run only to change the corpus:
 
     python model_artifacts/make_corpus.py
 """
@@ -14,8 +19,11 @@ sentence one word from a training one). Re-run only to change the corpus:
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 from sentences import (
@@ -74,6 +82,7 @@ HAND_WRITTEN_COPIES = 3  # comments per hand-written core sentence
 # abuse, whose templates share a few dozen words) is well covered.
 TEMPLATED_COPIES = {"benign": 2, "toxic": 1}
 HELD_OUT = 0.25  # share of each category's cores in the test split
+SEED = 20221128
 LEET = {"i": "1", "o": "0", "a": "@", "e": "3", "s": "$"}
 
 
@@ -95,7 +104,8 @@ def misspell(word: str, rng: random.Random) -> str:
 
 
 CONTRACTIONS = {"you are": "you're", "i am": "i'm", "do not": "don't", "it is": "it's", "cannot": "can't",
-                "they are": "they're", "we are": "we're", "is not": "isn't", "i will": "i'll"}
+                "they are": "they're", "we are": "we're", "is not": "isn't", "i will": "i'll", "how is": "how's",
+                "what is": "what's", "that is": "that's"}
 
 
 def compose(core: str, rng: random.Random) -> str:
@@ -124,47 +134,107 @@ def annotate(probabilities: dict[str, float], rng: random.Random) -> dict[str, f
     return labels
 
 
-def fill_templates(templates: list[str], count: int, taken: set[str], rng: random.Random) -> list[tuple[str, str]]:
-    """`count` distinct (sentence, its template) from the templates, no sentence already in `taken`."""
-    cores: list[tuple[str, str]] = []
+def unit_rng(unit: str) -> random.Random:
+    """A generator of the unit's own (a template or a hand-written sentence), seeded by its text: editing one
+    unit, or adding one, leaves every other unit's comments, typos and labels as they were."""
+    return random.Random(f"{SEED}:{unit}")
+
+
+def hash_order(units: list[str]) -> list[str]:
+    """A fixed pseudo-random order that does not move when units are added or removed."""
+    return sorted(units, key=lambda unit: hashlib.sha256(f"{SEED}:{unit}".encode()).digest())
+
+
+def capacity(template: str) -> int:
+    return math.prod(len(SLOTS[slot]) for slot in re.findall(r"{(\w+)}", template))
+
+
+def quotas(templates: list[str], count: int) -> dict[str, int]:
+    """`count` sentences shared evenly over the templates, none asked for more than it can yield."""
+    share = dict.fromkeys(templates, 0)
+    remaining, open_ = count, hash_order(templates)
+    while remaining and open_:
+        each = max(1, remaining // len(open_))
+        for template in list(open_):
+            add = min(each, capacity(template) - share[template], remaining)
+            share[template] += add
+            remaining -= add
+            if share[template] == capacity(template):
+                open_.remove(template)
+            if not remaining:
+                break
+    if remaining:
+        raise ValueError(f"templates {templates} yield at most {count - remaining} sentences, {count} asked")
+    return share
+
+
+def fill_template(template: str, count: int, taken: set[str]) -> list[str]:
+    """Up to `count` distinct sentences from `template`, none already in `taken` (which grows)."""
+    rng = unit_rng(template)
+    cores: list[str] = []
     for _ in range(count * 50):
         if len(cores) == count:
             break
-        template = rng.choice(templates)
         core = re.sub(r"{(\w+)}", lambda m: rng.choice(SLOTS[m.group(1)]), template)
         core = re.sub(r"\ba (?=[aeiou])", "an ", re.sub(r"\s+", " ", core).strip())
         if core not in taken:
             taken.add(core)
-            cores.append((core, template))
-    if len(cores) < count:
-        raise ValueError(f"templates {templates} yield only {len(cores)} distinct sentences, {count} asked")
+            cores.append(core)
     return cores
 
 
-def main() -> None:
-    rng = random.Random(20221128)
+def slots_of(template: str) -> set[str]:
+    return set(re.findall(r"{(\w+)}", template))
+
+
+def hold_out_templates(templates: list[str], slot_uses: Counter) -> set[str]:
+    """A quarter of the templates, in hash order, skipping any whose held-out use of a slot would leave that
+    slot in no training template: a held-out template is a new shape made of words seen in training (a word
+    never seen at all is not something a classifier can learn from this corpus). `slot_uses` counts the
+    templates still in training that use each slot, across categories, and is updated."""
+    held_out: set[str] = set()
+    for template in hash_order(templates):
+        if len(held_out) == max(1, round(len(templates) * HELD_OUT)):
+            break
+        if all(slot_uses[slot] >= 2 for slot in slots_of(template)):
+            held_out.add(template)
+            slot_uses.subtract(slots_of(template))
+    return held_out
+
+
+def compose_rows() -> list[dict]:
+    """Every comment with its labels, split, category and the unit it was held out by (its template, or its
+    hand-written sentence), in a fixed shuffled order."""
     rows = []
+    slot_uses = Counter(slot for templates in TEMPLATES.values() for t in templates for slot in slots_of(t))
     taken = {core for cores, _ in CATEGORIES.values() for core in cores}
     for name, (hand_written, probabilities) in CATEGORIES.items():
-        templates = TEMPLATES.get(name, [])
-        templated = fill_templates(templates, TEMPLATED[name], taken, rng) if templates else []
         kind = "toxic" if probabilities["toxicity"] >= 0.5 else "benign"
         # Hand-written sentences are held out one by one; templated ones by template, so a test sentence is
         # never a training sentence with one slot filled differently.
-        units = [(hand_written, [(core, core) for core in hand_written], HAND_WRITTEN_COPIES),
-                 (templates, templated, TEMPLATED_COPIES[kind])]
-        for keys, cores, copies in units:
-            shuffled = keys[:]
-            rng.shuffle(shuffled)
-            held_out = set(shuffled[: max(1, round(len(keys) * HELD_OUT))]) if keys else set()
-            for core, key in cores:
-                split = "test" if key in held_out else "train"
+        held_out = set(hash_order(hand_written)[: max(1, round(len(hand_written) * HELD_OUT))])
+        units = [(core, [core], HAND_WRITTEN_COPIES, core in held_out) for core in hand_written]
+        templates = TEMPLATES.get(name, [])
+        if templates:
+            held_out = hold_out_templates(templates, slot_uses)
+            for template, count in quotas(templates, TEMPLATED[name]).items():
+                units.append((template, fill_template(template, count, taken), TEMPLATED_COPIES[kind],
+                              template in held_out))
+        for unit, cores, copies, is_test in units:
+            rng = unit_rng(unit)
+            for core in cores:
                 for _ in range(copies):
-                    rows.append({"comment_text": compose(core, rng), **annotate(probabilities, rng), "split": split})
-    rng.shuffle(rows)
+                    rows.append({"comment_text": compose(core, rng), **annotate(probabilities, rng),
+                                 "split": "test" if is_test else "train", "category": name, "unit": unit})
+    random.Random(SEED).shuffle(rows)
+    return rows
+
+
+def main() -> None:
+    rows = compose_rows()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["id", "comment_text", *LABELS, "split"])
+        writer = csv.DictWriter(f, ["id", "comment_text", *LABELS, "split"], extrasaction="ignore")
         writer.writeheader()
         for i, row in enumerate(rows):
             writer.writerow({"id": i, **row})

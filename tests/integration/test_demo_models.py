@@ -22,8 +22,8 @@ def test_held_out_toxicity_auc_meets_the_demo_target(demo_dir, family):
     classifier = load_classifier(demo_dir / family)
     report = per_label_report(classifier.labels, y, classifier.predict(texts))
     print(f"{family} held-out toxicity AUC {report['toxicity']['auc']:.3f}, AP {report['toxicity']['ap']:.3f}")
-    # Issue 15 asks for 0.95; held out by template, the demo models reach 0.948 / 0.937 (model_artifacts/README.md)
-    assert report["toxicity"]["auc"] >= 0.92
+    # Issue 15's target; the demo models reach 0.959 / 0.963, other seeds 0.959-0.966 (model_artifacts/README.md)
+    assert report["toxicity"]["auc"] >= 0.95
     clearly_toxic = y[:, 0] >= 0.8
     clearly_benign = y[:, 0] <= 0.1
     scores = classifier.predict(texts)[:, 0]

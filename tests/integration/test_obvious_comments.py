@@ -84,8 +84,9 @@ TOXIC = [
     "your opinion is garbage and so are you",
 ]
 
-# Issue 15's target is 95% (53 of 55); the demo models reach 53 and 54 (model_artifacts/README.md). The test
-# allows one decision fewer, so a rebuild on another CPU that flips one borderline score does not fail CI.
+# Issue 15's target is 95% (53 of 55); the demo models reach 55 and 53, other training seeds 52-54
+# (model_artifacts/README.md). The test allows one decision fewer, so a rebuild on another CPU that flips one
+# borderline score does not fail CI.
 REQUIRED_SHARE = 0.94
 
 
