@@ -7,11 +7,14 @@ annotators, each voting with the core's probability plus noise, as in Jigsaw; po
 
 The split holds out a quarter of the hand-written sentences one by one and a quarter of the templates whole,
 so held-out comments mostly say things no training comment said (templates that share a shape can still leave
-a test sentence one word from a training one). A template is held out only if each of its slots is also used
+a test sentence one word from a training one). A template is held out only if no other template is a
+reordering of it, contains it, or differs from it by one word (`related`), and each of its slots is also used
 by a template in training: the test asks for new shapes of known words, not for words the corpus never
 taught. Every unit (template or hand-written sentence) draws from a generator of its own, seeded by its text,
 and the held-out ones are picked in a hash order, so adding or editing a unit leaves the others' comments,
-labels and split as they were (tests/unit/test_demo_corpus.py). Re-run only to change the corpus:
+labels and split as they were (tests/unit/test_demo_corpus.py), unless the new unit can write a sentence another
+unit wrote (a sentence stays with the unit that wrote it first, so the later unit's draws shift) or the
+held-out quarter moves by a template. Re-run only to change the corpus:
 
     python model_artifacts/make_corpus.py
 """
@@ -187,15 +190,42 @@ def slots_of(template: str) -> set[str]:
     return set(re.findall(r"{(\w+)}", template))
 
 
-def hold_out_templates(templates: list[str], slot_uses: Counter) -> set[str]:
-    """A quarter of the templates, in hash order, skipping any whose held-out use of a slot would leave that
-    slot in no training template: a held-out template is a new shape made of words seen in training (a word
-    never seen at all is not something a classifier can learn from this corpus). `slot_uses` counts the
-    templates still in training that use each slot, across categories, and is updated."""
+def shape(template: str) -> list[str]:
+    """The template's slots and words in order, punctuation dropped, contractions spelled out."""
+    spelled = {short: full for full, short in CONTRACTIONS.items()}
+    tokens = re.findall(r"{\w+}|[a-z0-9']+", template.lower())
+    return " ".join(spelled.get(token, token) for token in tokens).split()
+
+
+def inside(short: list[str], long: list[str]) -> bool:
+    return any(long[i : i + len(short)] == short for i in range(len(long) - len(short) + 1))
+
+
+def related(a: str, b: str) -> bool:
+    """Templates whose sentences can be near copies of each other: one's shape inside the other's ("i will
+    {hit_verb} {body_part}" in "next time i see you i will {hit_verb} {body_part}"), or the same slots with at
+    most one word changed, in any order ("{warn}, {know_claim}" and "{know_claim}. {warn}")."""
+    first, second = shape(a), shape(b)
+    if inside(first, second) or inside(second, first):
+        return True
+    words_a = Counter(t for t in first if not t.startswith("{"))
+    words_b = Counter(t for t in second if not t.startswith("{"))
+    changed = max(sum((words_a - words_b).values()), sum((words_b - words_a).values()))
+    return slots_of(a) == slots_of(b) and Counter(first) - words_a == Counter(second) - words_b and changed <= 1
+
+
+def hold_out_templates(templates: list[str], slot_uses: Counter, every_template: list[str]) -> set[str]:
+    """Up to a quarter of the templates, in hash order: none related to another template (see `related`), so a
+    held-out sentence is not a training sentence reordered, extended or one word off; and none whose held-out
+    use of a slot would leave that slot in no training template, so a held-out template is a new shape made of
+    words seen in training (a word never seen at all is not something a classifier can learn from this corpus).
+    `slot_uses` counts the templates still in training that use each slot, across categories, and is updated."""
     held_out: set[str] = set()
     for template in hash_order(templates):
         if len(held_out) == max(1, round(len(templates) * HELD_OUT)):
             break
+        if any(related(template, other) for other in every_template if other != template):
+            continue
         if all(slot_uses[slot] >= 2 for slot in slots_of(template)):
             held_out.add(template)
             slot_uses.subtract(slots_of(template))
@@ -207,6 +237,7 @@ def compose_rows() -> list[dict]:
     hand-written sentence), in a fixed shuffled order."""
     rows = []
     slot_uses = Counter(slot for templates in TEMPLATES.values() for t in templates for slot in slots_of(t))
+    every_template = [t for templates in TEMPLATES.values() for t in templates]
     taken = {core for cores, _ in CATEGORIES.values() for core in cores}
     for name, (hand_written, probabilities) in CATEGORIES.items():
         kind = "toxic" if probabilities["toxicity"] >= 0.5 else "benign"
@@ -216,10 +247,12 @@ def compose_rows() -> list[dict]:
         units = [(core, [core], HAND_WRITTEN_COPIES, core in held_out) for core in hand_written]
         templates = TEMPLATES.get(name, [])
         if templates:
-            held_out = hold_out_templates(templates, slot_uses)
+            held_out = hold_out_templates(templates, slot_uses, every_template)
             for template, count in quotas(templates, TEMPLATED[name]).items():
-                units.append((template, fill_template(template, count, taken), TEMPLATED_COPIES[kind],
-                              template in held_out))
+                cores = fill_template(template, count, taken)
+                if len(cores) < count:
+                    raise ValueError(f"template {template!r} yields {len(cores)} new sentences, {count} asked")
+                units.append((template, cores, TEMPLATED_COPIES[kind], template in held_out))
         for unit, cores, copies, is_test in units:
             rng = unit_rng(unit)
             for core in cores:

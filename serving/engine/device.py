@@ -18,9 +18,9 @@ GPU_WORKER_THREADS = 2  # a GPU worker's host threads do little but pad and copy
 
 
 def _loaded_torch():
-    """torch if this process has imported it, else None. serving.server imports this module, and so do front
-    ends and engines that never run torch (a simulated or ONNX Runtime model): none of them should pay for
-    importing it, and no torch error can come from a process without torch."""
+    """torch if this process has imported it, else None. Front ends import this module (through serving.server)
+    and so does a simulated engine, neither of which runs torch: they should not pay for importing it, and no
+    torch error can come from a process without torch."""
     return sys.modules.get("torch")
 
 

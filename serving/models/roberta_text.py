@@ -97,7 +97,8 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path}: id2label must map 0..n-1 to label names, got ids {sorted(id2label)}")
     if raw.get("num_labels") is not None and raw["num_labels"] != len(id2label):
         raise ModelLoadError(f"{path}: num_labels is {raw['num_labels']!r} but id2label names {len(id2label)} labels")
-    # transformers' defaults for what a config.json may leave out (or null, for the pad id)
+    # transformers' defaults for what a config.json leaves out; a null pad id is read as RoBERTa's 1, which the
+    # engine's RobertaConfig is then built with too (transformers itself would keep None)
     pad_id = raw["pad_token_id"] if raw.get("pad_token_id") is not None else DEFAULT_PAD_TOKEN_ID
     positions = raw.get("max_position_embeddings", DEFAULT_MAX_POSITIONS)
     for name, value in (("pad_token_id", pad_id), ("max_position_embeddings", positions)):

@@ -26,11 +26,12 @@ def make_corpus():
 
 def test_the_committed_corpus_is_what_make_corpus_writes(make_corpus):
     with (MODEL_ARTIFACTS / "data" / "comments.csv").open(newline="", encoding="utf-8") as f:
-        committed = [(row["comment_text"], row["split"]) for row in csv.DictReader(f)]
-    assert committed == [(row["comment_text"], row["split"]) for row in make_corpus.compose_rows()]
+        committed = [{k: v for k, v in row.items() if k != "id"} for row in csv.DictReader(f)]
+    columns = ["comment_text", *make_corpus.LABELS, "split"]
+    assert committed == [{k: str(row[k]) for k in columns} for row in make_corpus.compose_rows()]
 
 
-def test_every_word_of_a_held_out_template_is_seen_in_training(make_corpus):
+def test_every_slot_of_a_held_out_template_is_used_in_training(make_corpus):
     rows = make_corpus.compose_rows()
     templated = {row["unit"]: row["split"] for row in rows if "{" in row["unit"]}
     in_training = {slot for unit, split in templated.items() if split == "train"
@@ -39,6 +40,16 @@ def test_every_word_of_a_held_out_template_is_seen_in_training(make_corpus):
     assert len(held_out) >= 0.2 * len(templated)
     unseen = {unit: set(re.findall(r"{(\w+)}", unit)) - in_training for unit in held_out}
     assert not {unit: slots for unit, slots in unseen.items() if slots}
+
+
+def test_no_held_out_template_is_a_reordered_extended_or_one_word_changed_other_template(make_corpus):
+    templates = [t for ts in make_corpus.TEMPLATES.values() for t in ts]
+    held_out = {row["unit"] for row in make_corpus.compose_rows() if row["split"] == "test" and "{" in row["unit"]}
+    assert held_out
+    assert make_corpus.related("{warn}, {know_claim}", "{know_claim}. {warn}")
+    assert make_corpus.related("i will {hit_verb} {body_part}", "i'll {hit_verb} {body_part} {when}")
+    assert not make_corpus.related("i will {plan} {later}", "i am going to {plan} {later}")
+    assert not [(t, other) for t in held_out for other in templates if other != t and make_corpus.related(t, other)]
 
 
 def test_adding_a_template_leaves_the_other_units_comments_alone(make_corpus, monkeypatch):
