@@ -12,9 +12,9 @@ reordering of it, contains it, or differs from it by one word (`related`), and e
 by a template in training: the test asks for new shapes of known words, not for words the corpus never
 taught. Every unit (template or hand-written sentence) draws from a generator of its own, seeded by its text,
 and the held-out ones are picked in a hash order, so adding or editing a unit leaves the others' comments,
-labels and split as they were (tests/unit/test_demo_corpus.py), unless the new unit can write a sentence another
-unit wrote (a sentence stays with the unit that wrote it first, so the later unit's draws shift) or the
-held-out quarter moves by a template. Re-run only to change the corpus:
+labels and split mostly as they were (tests/unit/test_demo_corpus.py): templates of its category give up their
+last few sentences to it, a sentence two units can write stays with the first, and the held-out choice can move
+by a template or two. Re-run only to change the corpus:
 
     python model_artifacts/make_corpus.py
 """
@@ -215,11 +215,12 @@ def related(a: str, b: str) -> bool:
 
 
 def hold_out_templates(templates: list[str], slot_uses: Counter, every_template: list[str]) -> set[str]:
-    """Up to a quarter of the templates, in hash order: none related to another template (see `related`), so a
-    held-out sentence is not a training sentence reordered, extended or one word off; and none whose held-out
-    use of a slot would leave that slot in no training template, so a held-out template is a new shape made of
-    words seen in training (a word never seen at all is not something a classifier can learn from this corpus).
-    `slot_uses` counts the templates still in training that use each slot, across categories, and is updated."""
+    """Up to a quarter of the templates, in hash order: none related to another template (see `related`; it
+    compares the templates' text, not their sentences, so twins made through a slot value still slip through);
+    and none whose held-out use of a slot would leave that slot in no training template, so a held-out template
+    is a new shape made of words seen in training (a word never seen at all is not something a classifier can
+    learn from this corpus). `slot_uses` counts the templates still in training that use each slot, across
+    categories, and is updated."""
     held_out: set[str] = set()
     for template in hash_order(templates):
         if len(held_out) == max(1, round(len(templates) * HELD_OUT)):

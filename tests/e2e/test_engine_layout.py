@@ -181,5 +181,5 @@ def test_front_ends_and_a_simulated_engine_run_without_torch(demo_dir, tmp_path)
         assert post(server.url, [TEXT]).status_code == 200
         processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
         assert len(engine_pids(server)) == 1 and len(processes) >= 4, [p.cmdline() for p in processes]
-        with_torch = [p.pid for p in processes if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text()]
-        assert not with_torch, server.log()
+        with_torch = [p.cmdline() for p in processes if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text()]
+        assert not with_torch, (with_torch, server.log())
