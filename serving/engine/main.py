@@ -85,11 +85,10 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
     s = settings
     model_dir = Path(s.model_dir or ".")
     accelerator = None
-    if s.backend == "sim":
+    if s.backend == "sim":  # a simulated forward runs no torch: the engine need not import it
         from serving.models.simulated import SimulatedAccelerator
 
         accelerator = SimulatedAccelerator(index, s.sim_fixed_ms, s.sim_per_token_us)
-    if s.backend == "sim":  # a simulated forward runs no torch: the engine need not import it
         threads = worker_threads(s.torch_threads, engines, device)
     else:
         threads = set_torch_threads(s.torch_threads, engines, device)
