@@ -35,9 +35,11 @@ TOKEN_NOISE = 0.2
 WORD_VECTOR_DIM = 100
 EMBED_INIT_NORM = 1.5
 THRESHOLD_TARGET = "f1"
-ROBERTA_EPOCHS, ROBERTA_LR = 10, 1e-3
+ROBERTA_EPOCHS, ROBERTA_LR = 8, 1e-3
 RNN_EPOCHS, RNN_LR = 15, 5e-3
 RNN_WORD_NOISE = 0.1
+UNSEEN_WORD_SHARE = 0.5
+MADE_UP_SHARE = 0.02
 
 
 def seed_everything(seed: int = SEED) -> None:
@@ -85,6 +87,39 @@ def corrupt_tokens(ids: torch.Tensor, mask: torch.Tensor, share: float, vocab_si
     return torch.where(replace, noise, ids)
 
 
+ONSETS = "b c d f g h j k l m n p r s t v w y z ch sh th st pl br tr cr gr sp".split()
+VOWELS = "a e i o u a e i o ea oo ai ou".split()
+CODAS = ["", "", "", "n", "s", "t", "r", "l", "ck", "ng", "ke", "m", "nd", "st"]
+
+
+def made_up_word(rng: np.random.Generator) -> str:
+    """One to three syllables of English-like spelling ("plonkest", "mairu"): split into the same kind of
+    common pieces as a real word the tokenizer never saw."""
+    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.integers(1, 4)))
+
+
+def with_unseen_words(texts: list[str], share: float, rng: np.random.Generator) -> list[str]:
+    """A share of the comments, each with one made-up word put in at a random place, labels unchanged. A word
+    the corpus never had (a user's "pancakes") reaches RoBERTox as a run of short pieces, and in this corpus
+    such runs came mostly from obfuscated abuse ("f***", "$h1t"); seeing them in benign and toxic comments
+    alike teaches that an unfamiliar word is no evidence either way."""
+    out = []
+    for text in texts:
+        if rng.random() < share:
+            words = text.split()
+            words.insert(int(rng.integers(0, len(words) + 1)), made_up_word(rng))
+            text = " ".join(words)
+        out.append(text)
+    return out
+
+
+def made_up_comments(count: int, labels: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """`count` comments of one to four made-up words, labelled benign: text that says nothing the model knows is
+    no evidence of abuse, so it should score near zero, not near the share of toxic comments in training."""
+    texts = [" ".join(made_up_word(rng) for _ in range(rng.integers(1, 5))) for _ in range(count)]
+    return texts, np.zeros((count, labels), dtype=np.float32)
+
+
 def corrupt_words(embeddings: torch.Tensor, lengths: torch.Tensor, share: float,
                   rng: np.random.Generator) -> torch.Tensor:
     """The LSTM's counterpart of `corrupt_tokens`: a share of the words (not padding) get the vector of another
@@ -127,11 +162,13 @@ def train_roberta(texts: list[str], y: np.ndarray, out: Path, epochs: int = ROBE
         start_from_word_vectors(model, out, word_vectors.wv)
     model.save_pretrained(out)  # untrained, so the serving loader can encode with the saved tokenizer
     serving = RobertaClassifier(out)
+    rng = np.random.default_rng(SEED)
+    extra_texts, extra_y = made_up_comments(round(len(texts) * MADE_UP_SHARE), y.shape[1], rng)
+    texts, y = with_unseen_words(texts, UNSEEN_WORD_SHARE, rng) + extra_texts, np.concatenate([y, extra_y])
     encoded = serving.encode(texts)
     lengths = [e.length for e in encoded]
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01)
     scheduler = one_cycle(optimizer, peak_lr, epochs * -(-len(texts) // batch_size) + 16)
-    rng = np.random.default_rng(SEED)
     model.train()
     for _ in range(epochs):
         for idx in batches(lengths, batch_size, rng):

@@ -179,7 +179,7 @@ def fill_template(template: str, count: int, taken: set[str]) -> list[str]:
         if len(cores) == count:
             break
         core = re.sub(r"{(\w+)}", lambda m: rng.choice(SLOTS[m.group(1)]), template)
-        core = re.sub(r"\ba (?=[aeiou])", "an ", re.sub(r"\s+", " ", core).strip())
+        core = re.sub(r"\ba (?=[aeio]|u(?!se|ni))", "an ", re.sub(r"\s+", " ", core).strip())
         if core not in taken:
             taken.add(core)
             cores.append(core)
@@ -214,23 +214,69 @@ def related(a: str, b: str) -> bool:
     return slots_of(a) == slots_of(b) and Counter(first) - words_a == Counter(second) - words_b and changed <= 1
 
 
-def hold_out_templates(templates: list[str], slot_uses: Counter, every_template: list[str]) -> set[str]:
-    """Up to a quarter of the templates, in hash order: none related to another template (see `related`; it
-    compares the templates' text, not their sentences, so twins made through a slot value still slip through);
-    and none whose held-out use of a slot would leave that slot in no training template, so a held-out template
-    is a new shape made of words seen in training (a word never seen at all is not something a classifier can
-    learn from this corpus). `slot_uses` counts the templates still in training that use each slot, across
-    categories, and is updated."""
+def hold_out_templates(templates: list[str], slot_uses: Counter, every_template: list[str],
+                       twinned: set[str]) -> set[str]:
+    """Up to a quarter of the templates, in hash order: none whose sentences are, or could be, near copies of
+    other units' sentences (`twinned`, found in the sentences themselves, and `related`, found in the
+    templates' text); and none whose held-out use of a slot would leave that slot in no training template, so
+    a held-out template is a new shape made of words seen in training (a word never seen at all is not
+    something a classifier can learn from this corpus). `slot_uses` counts the templates still in training
+    that use each slot, across categories, and is updated."""
     held_out: set[str] = set()
     for template in hash_order(templates):
         if len(held_out) == max(1, round(len(templates) * HELD_OUT)):
             break
-        if any(related(template, other) for other in every_template if other != template):
+        if template in twinned or any(related(template, other) for other in every_template if other != template):
             continue
         if all(slot_uses[slot] >= 2 for slot in slots_of(template)):
             held_out.add(template)
             slot_uses.subtract(slots_of(template))
     return held_out
+
+
+def twin_keys(sentence: str) -> dict[str, set[tuple[str, ...]]]:
+    """Look-up keys of a sentence's words: as they are, sorted, with each word blanked, with each word dropped,
+    and every run of three words or more."""
+    words = shape(sentence)
+    return {
+        "same": {tuple(words)},
+        "sorted": {tuple(sorted(words))},
+        "sub": {tuple(words[:i] + ["*"] + words[i + 1 :]) for i in range(len(words))},
+        "drop": {tuple(words[:i] + words[i + 1 :]) for i in range(len(words))},
+        "runs": {tuple(words[i:j]) for i in range(len(words)) for j in range(i + 3, len(words) + 1)},
+    }
+
+
+def twinned_units(sentences: dict[str, list[str]]) -> set[str]:
+    """Units (templates or hand-written sentences) with a sentence that is another unit's sentence reordered,
+    one word changed, inserted or dropped, or inside it / holding it (three words or more): what `related`
+    finds in the templates' text, and what slot values make (a `dismiss` value equal to another template's
+    words, a `kill_harm` verb where another template has a `harm` one)."""
+    index: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+    keys = {unit: [twin_keys(s) for s in cores] for unit, cores in sentences.items()}
+    for unit, unit_keys in keys.items():
+        for k in unit_keys:
+            for kind in ("same", "sorted", "sub", "drop", "runs"):
+                for key in k[kind]:
+                    index.setdefault((kind, key), set()).add(unit)
+    twinned = set()
+    for unit, unit_keys in keys.items():
+        for k in unit_keys:
+            others = set()
+            for key in k["sorted"]:
+                others |= index.get(("sorted", key), set())
+            for key in k["sub"]:
+                others |= index.get(("sub", key), set())
+            for key in k["drop"]:  # this sentence one word longer than another's
+                others |= index.get(("same", key), set())
+            for key in k["same"]:  # one word shorter, or inside another
+                others |= index.get(("drop", key), set()) | index.get(("runs", key), set())
+            for key in k["runs"]:  # another inside this one
+                others |= index.get(("same", key), set())
+            if others - {unit}:
+                twinned.add(unit)
+                break
+    return twinned
 
 
 def compose_rows() -> list[dict]:
@@ -240,26 +286,32 @@ def compose_rows() -> list[dict]:
     slot_uses = Counter(slot for templates in TEMPLATES.values() for t in templates for slot in slots_of(t))
     every_template = [t for templates in TEMPLATES.values() for t in templates]
     taken = {core for cores, _ in CATEGORIES.values() for core in cores}
+    filled: dict[str, list[str]] = {core: [core] for cores, _ in CATEGORIES.values() for core in cores}
+    for name, _ in CATEGORIES.items():
+        for template, count in quotas(TEMPLATES.get(name, []), TEMPLATED.get(name, 0)).items():
+            cores = fill_template(template, count, taken)
+            if len(cores) < count:
+                raise ValueError(f"template {template!r} yields {len(cores)} new sentences, {count} asked")
+            filled[template] = cores
+    twinned = twinned_units(filled)
     for name, (hand_written, probabilities) in CATEGORIES.items():
         kind = "toxic" if probabilities["toxicity"] >= 0.5 else "benign"
-        # Hand-written sentences are held out one by one; templated ones by template, so a test sentence is
-        # never a training sentence with one slot filled differently.
-        held_out = set(hash_order(hand_written)[: max(1, round(len(hand_written) * HELD_OUT))])
+        # Units are held out whole (a hand-written sentence, or every sentence of a template), and only units
+        # with no sentence near another unit's, so a test comment is never a training one with a word changed.
+        untwinned = [core for core in hash_order(hand_written) if core not in twinned]
+        held_out = set(untwinned[: max(1, round(len(hand_written) * HELD_OUT))])
         units = [(core, [core], HAND_WRITTEN_COPIES, core in held_out) for core in hand_written]
         templates = TEMPLATES.get(name, [])
         if templates:
-            held_out = hold_out_templates(templates, slot_uses, every_template)
-            for template, count in quotas(templates, TEMPLATED[name]).items():
-                cores = fill_template(template, count, taken)
-                if len(cores) < count:
-                    raise ValueError(f"template {template!r} yields {len(cores)} new sentences, {count} asked")
-                units.append((template, cores, TEMPLATED_COPIES[kind], template in held_out))
+            held_out = hold_out_templates(templates, slot_uses, every_template, twinned)
+            units += [(t, filled[t], TEMPLATED_COPIES[kind], t in held_out) for t in templates]
         for unit, cores, copies, is_test in units:
             rng = unit_rng(unit)
             for core in cores:
                 for _ in range(copies):
                     rows.append({"comment_text": compose(core, rng), **annotate(probabilities, rng),
-                                 "split": "test" if is_test else "train", "category": name, "unit": unit})
+                                 "split": "test" if is_test else "train", "category": name, "unit": unit,
+                                 "core": core})
     random.Random(SEED).shuffle(rows)
     return rows
 

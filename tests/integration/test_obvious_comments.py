@@ -84,10 +84,10 @@ TOXIC = [
     "your opinion is garbage and so are you",
 ]
 
-# Issue 15's target is 95% (53 of 55): RoBERTox reaches 54, the LSTM 51 (model_artifacts/README.md). Each model
-# is held to one decision below what it reaches, so a rebuild that flips one borderline score does not fail
-# CI while a real regression does.
-REQUIRED_RIGHT = {"roberta": 53, "rnn": 50}
+# Issue 15's target is 95% (53 of 55). Each model is held to one decision below what the shipped build reaches
+# (model_artifacts/README.md), so a rebuild elsewhere that flips one borderline score does not fail CI while
+# a real regression does.
+REQUIRED_RIGHT = {"roberta": 53, "rnn": 53}
 
 
 CONTRACTIONS = {"you're": "you are", "i'm": "i am", "don't": "do not", "it's": "it is", "can't": "cannot",

@@ -72,3 +72,48 @@ def test_adding_a_template_leaves_the_other_units_comments_alone(make_corpus, mo
     assert not rewritten
     moved = [unit for unit in old if new[unit][1] != old[unit][1]]
     assert len(moved) <= 2 and all("{" in unit for unit in moved), moved
+
+
+def test_twinned_units_are_found_by_reordering_one_word_and_containment(make_corpus):
+    units = {
+        "a": ["you are a total clown"],
+        "b": ["a total clown you are"],  # a reordered
+        "c": ["you are a complete clown"],  # a with one word changed
+        "d": ["honestly you are a total clown today"],  # holds a
+        "e": ["what a lovely day"],
+        "f": ["what a lovely sunny day"],  # e with one word inserted
+        "g": ["the museum opens on monday"],  # nothing like the others
+        "h": ["good luck", "have fun at the match"],
+    }
+    assert make_corpus.twinned_units(units) == set("abcdef")
+
+
+def test_no_held_out_sentence_is_near_a_training_sentence(make_corpus):
+    """Checked sentence by sentence, independently of `twinned_units`: a held-out core sentence is no training
+    core reordered, with one word substituted, inserted or dropped, and neither holds the other (runs of three
+    words or more)."""
+    rows = make_corpus.compose_rows()
+    train = {tuple(make_corpus.shape(row["core"])) for row in rows if row["split"] == "train"}
+    test = {tuple(make_corpus.shape(row["core"])) for row in rows if row["split"] == "test"}
+    assert len(test) > 500
+    by_length: dict[int, list[tuple[str, ...]]] = {}
+    for words in train:
+        by_length.setdefault(len(words), []).append(words)
+    train_sorted = {tuple(sorted(words)) for words in train}
+    train_text = "\n".join(" " + " ".join(words) + " " for words in train)
+
+    def one_edit(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+        if len(a) == len(b):
+            return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
+        short, long = sorted((a, b), key=len)
+        return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+    near = []
+    for words in test:
+        runs = {words[i:j] for i in range(len(words)) for j in range(i + 3, len(words) + 1)}
+        if (tuple(sorted(words)) in train_sorted or runs & train
+                or (len(words) >= 3 and f" {' '.join(words)} " in train_text)
+                or any(one_edit(words, other) for n in (len(words) - 1, len(words), len(words) + 1)
+                       for other in by_length.get(n, []))):
+            near.append(" ".join(words))
+    assert not near

@@ -1,0 +1,49 @@
+"""The demo build's unseen-word training (model_artifacts/build_demo.py): made-up words go into comments without
+touching their words or labels, and made-up-only comments are labelled benign."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODEL_ARTIFACTS = Path(__file__).resolve().parents[2] / "model_artifacts"
+
+
+@pytest.fixture(scope="module")
+def build_demo():
+    sys.path.insert(0, str(MODEL_ARTIFACTS))
+    try:
+        import build_demo
+
+        yield build_demo
+    finally:
+        sys.path.remove(str(MODEL_ARTIFACTS))
+
+
+def test_each_chosen_comment_gets_one_made_up_word_and_keeps_its_own(build_demo):
+    texts = [f"comment number {i} says hello" for i in range(400)]
+    changed = build_demo.with_unseen_words(texts, 0.5, np.random.default_rng(0))
+    assert len(changed) == len(texts)
+    grown = 0
+    for before, after in zip(texts, changed, strict=True):
+        words, new_words = before.split(), after.split()
+        if new_words == words:
+            continue
+        grown += 1
+        assert len(new_words) == len(words) + 1
+        extra = next(i for i, w in enumerate(new_words) if i >= len(words) or w != words[i])
+        assert new_words[:extra] + new_words[extra + 1 :] == words  # the comment's words, in order
+        assert new_words[extra].isalpha() and new_words[extra] not in words
+    assert 150 < grown < 250  # about half
+    assert build_demo.with_unseen_words(texts, 0.0, np.random.default_rng(0)) == texts
+
+
+def test_made_up_comments_are_benign_and_vary(build_demo):
+    texts, y = build_demo.made_up_comments(200, 7, np.random.default_rng(0))
+    assert y.shape == (200, 7) and not y.any()
+    assert all(1 <= len(t.split()) <= 4 and t.replace(" ", "").isalpha() for t in texts)
+    assert len(set(texts)) > 190
+    assert len({w for t in texts for w in t.split()}) > 300
