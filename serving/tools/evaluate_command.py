@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -81,7 +82,10 @@ def _write_thresholds(picked: dict, target: str | None, data: Path, split: str |
     if not target or not folders:
         raise ValueError("--write-thresholds needs --pick-thresholds and a --model folder")
     name, thresholds, model_dir = folders[0]
-    document = {"thresholds": thresholds, "target": target, "picked_on": f"{data} ({split or 'all rows'})",
-                "model": name}
+    # The data's name and digest, not its path: the folder ships to other machines, and the digest still says
+    # which file (and version of it) the thresholds were picked on.
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
+    document = {"thresholds": thresholds, "target": target,
+                "picked_on": f"{data.name} sha256:{digest} ({split or 'all rows'})", "model": name}
     (model_dir / THRESHOLDS_FILE).write_text(json.dumps(document, indent=2))
     log(f"wrote {model_dir / THRESHOLDS_FILE}")

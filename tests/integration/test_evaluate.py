@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -72,7 +73,11 @@ def test_picked_thresholds_meet_their_target(rnn_dir, tmp_path, target):
     folder = tmp_path / "rnn"
     shutil.copytree(rnn_dir, folder)
     run("--model", str(folder), "--pick-thresholds", target, "--write-thresholds", "--out", str(tmp_path / "out"))
-    thresholds = json.loads((folder / "thresholds.json").read_text())["thresholds"]
+    document = json.loads((folder / "thresholds.json").read_text())
+    thresholds = document["thresholds"]
+    # Which data, by name and digest: no path of the machine that picked them travels with the model folder.
+    digest = hashlib.sha256(CORPUS.read_bytes()).hexdigest()[:16]
+    assert document["picked_on"] == f"{CORPUS.name} sha256:{digest} (test)" and document["target"] == target
     scores = evaluated_scores(folder)
     for j, label in enumerate(load_classifier(folder).labels):
         y, at = Y[:, j] >= 0.5, confusion(Y[:, j] >= 0.5, scores[:, j], thresholds[label])
