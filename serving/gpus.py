@@ -22,11 +22,11 @@ PROBE_TIMEOUT_S = 120
 PROBE = """
 import json, torch
 devices = []
-if torch.cuda.is_available():
+if torch.backends.cuda.is_built() and torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         devices.append({"name": p.name, "capability": [p.major, p.minor], "memory_bytes": p.total_memory})
-print(json.dumps(devices))
+print(json.dumps({"devices": devices, "torch": torch.__version__, "cuda": torch.version.cuda}))
 """
 
 
@@ -57,8 +57,9 @@ def visible_ids(count: int, env: dict | os._Environ = os.environ) -> list[str]:
     return [entry.strip() for entry in raw.split(",") if entry.strip()][:count]
 
 
-def probe(env: dict | None = None) -> list[dict]:
-    """The visible devices as a spawned child reports them ([] without CUDA); never touches CUDA here."""
+def probe(env: dict | None = None) -> dict:
+    """The visible devices as a spawned child reports them ({"devices": [] ...} without CUDA), with its torch
+    and CUDA build versions; never touches CUDA, nor imports torch, here."""
     try:
         done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
                               env=env)
@@ -76,20 +77,17 @@ def discover(device: str) -> list[Gpu]:
     cuda:N: that one (N counts within CUDA_VISIBLE_DEVICES, as CUDA does)."""
     if device == "cpu":
         return []
-    import torch
-
-    if not torch.backends.cuda.is_built():
-        devices: list[dict] = []  # a CPU build of torch: nothing to ask
-    else:
-        devices = probe()
+    # Even `import torch` stays out of this process: it forks the front ends, which would all map torch.
+    found = probe()
+    devices = found["devices"]
     gpus = [Gpu(visible_id, d["name"], tuple(d["capability"]), int(d["memory_bytes"]))  # type: ignore[arg-type]
             for visible_id, d in zip(visible_ids(len(devices)), devices, strict=False)]
     if device == "auto":
         return gpus
     if not gpus:
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible "
-                         f"({VISIBLE_ENV}={os.environ.get(VISIBLE_ENV, 'unset')}, torch {torch.__version__}, "
-                         f"CUDA build {torch.version.cuda}: a driver older than that build needs also shows as none)")
+                         f"({VISIBLE_ENV}={os.environ.get(VISIBLE_ENV, 'unset')}, torch {found['torch']}, "
+                         f"CUDA build {found['cuda']}: a driver older than that build needs also shows as none)")
     if device == "cuda":
         return gpus
     index = _device_index(device)
