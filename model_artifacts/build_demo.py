@@ -90,12 +90,26 @@ def corrupt_tokens(ids: torch.Tensor, mask: torch.Tensor, share: float, vocab_si
 ONSETS = "b c d f g h j k l m n p r s t v w y z ch sh th st pl br tr cr gr sp".split()
 VOWELS = "a e i o u a e i o ea oo ai ou".split()
 CODAS = ["", "", "", "n", "s", "t", "r", "l", "ck", "ng", "ke", "m", "nd", "st"]
+# A made-up word must not spell abuse by chance ("kike", "cosdickwu"): it would be taught as no evidence.
+NOT_IN_MADE_UP = ("fuck", "shit", "dick", "cock", "cum", "tit", "kike", "spic", "rape", "negr", "nig", "homo", "nude",
+                  "slut", "whore", "cunt", "porn", "sex", "fag", "puss", "bitch", "kill", "die", "hate", "dumb",
+                  "moron", "loser", "crap", "damn", "hell", "ass", "gay", "suck", "choke", "shoot", "stab", "gun",
+                  "hang", "jew", "hoe", "bimbo")
+MADE_UP_MIN_LETTERS = 5
 
 
-def made_up_word(rng: np.random.Generator) -> str:
-    """One to three syllables of English-like spelling ("plonkest", "mairu"): split into the same kind of
-    common pieces as a real word the tokenizer never saw."""
-    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.integers(1, 4)))
+def made_up_word(rng: np.random.Generator, known: set[str]) -> str:
+    """One to three syllables of English-like spelling ("plonkest", "mairu"), split into the same kind of
+    common pieces as a real word the tokenizer never saw; never a word of the corpus (`known`), never short
+    enough to be a common word, never holding a piece of abuse."""
+    while True:
+        word = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.integers(1, 4)))
+        if len(word) >= MADE_UP_MIN_LETTERS and word not in known and not any(bad in word for bad in NOT_IN_MADE_UP):
+            return word
+
+
+def corpus_words(texts: list[str]) -> set[str]:
+    return set(re.findall(r"[a-z]+", " ".join(texts).lower()))
 
 
 def with_unseen_words(texts: list[str], share: float, rng: np.random.Generator) -> list[str]:
@@ -103,20 +117,22 @@ def with_unseen_words(texts: list[str], share: float, rng: np.random.Generator) 
     the corpus never had (a user's "pancakes") reaches RoBERTox as a run of short pieces, and in this corpus
     such runs came mostly from obfuscated abuse ("f***", "$h1t"); seeing them in benign and toxic comments
     alike teaches that an unfamiliar word is no evidence either way."""
+    known = corpus_words(texts)
     out = []
     for text in texts:
         if rng.random() < share:
             words = text.split()
-            words.insert(int(rng.integers(0, len(words) + 1)), made_up_word(rng))
+            words.insert(int(rng.integers(0, len(words) + 1)), made_up_word(rng, known))
             text = " ".join(words)
         out.append(text)
     return out
 
 
-def made_up_comments(count: int, labels: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+def made_up_comments(count: int, labels: int, rng: np.random.Generator,
+                     known: set[str]) -> tuple[list[str], np.ndarray]:
     """`count` comments of one to four made-up words, labelled benign: text that says nothing the model knows is
     no evidence of abuse, so it should score near zero, not near the share of toxic comments in training."""
-    texts = [" ".join(made_up_word(rng) for _ in range(rng.integers(1, 5))) for _ in range(count)]
+    texts = [" ".join(made_up_word(rng, known) for _ in range(rng.integers(1, 5))) for _ in range(count)]
     return texts, np.zeros((count, labels), dtype=np.float32)
 
 
@@ -162,9 +178,11 @@ def train_roberta(texts: list[str], y: np.ndarray, out: Path, epochs: int = ROBE
         start_from_word_vectors(model, out, word_vectors.wv)
     model.save_pretrained(out)  # untrained, so the serving loader can encode with the saved tokenizer
     serving = RobertaClassifier(out)
+    augment = np.random.default_rng([SEED, 1])  # its own stream: changing it leaves batches and noise as they were
+    extra_texts, extra_y = made_up_comments(round(len(texts) * MADE_UP_SHARE), y.shape[1], augment,
+                                            corpus_words(texts))
+    texts, y = with_unseen_words(texts, UNSEEN_WORD_SHARE, augment) + extra_texts, np.concatenate([y, extra_y])
     rng = np.random.default_rng(SEED)
-    extra_texts, extra_y = made_up_comments(round(len(texts) * MADE_UP_SHARE), y.shape[1], rng)
-    texts, y = with_unseen_words(texts, UNSEEN_WORD_SHARE, rng) + extra_texts, np.concatenate([y, extra_y])
     encoded = serving.encode(texts)
     lengths = [e.length for e in encoded]
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01)

@@ -5,16 +5,18 @@ from hand-written slot values. Comments are composed from them: an optional lead
 carries the labels, an optional tail, and typos for a share of them. Labels are fractions of 10 simulated
 annotators, each voting with the core's probability plus noise, as in Jigsaw; positive means >= 0.5.
 
-The split holds out a quarter of the hand-written sentences one by one and a quarter of the templates whole,
-so held-out comments mostly say things no training comment said (templates that share a shape can still leave
-a test sentence one word from a training one). A template is held out only if no other template is a
-reordering of it, contains it, or differs from it by one word (`related`), and each of its slots is also used
-by a template in training: the test asks for new shapes of known words, not for words the corpus never
-taught. Every unit (template or hand-written sentence) draws from a generator of its own, seeded by its text,
-and the held-out ones are picked in a hash order, so adding or editing a unit leaves the others' comments,
-labels and split mostly as they were (tests/unit/test_demo_corpus.py): templates of its category give up their
-last few sentences to it, a sentence two units can write stays with the first, and the held-out choice can move
-by a template or two. Re-run only to change the corpus:
+The split holds out whole units, a quarter of the hand-written sentences and up to a quarter of the templates
+(every sentence of a held-out template), and only units none of whose sentences is near another unit's
+(`twinned_units`: the same words reordered, one word substituted, inserted or dropped, or one sentence inside
+the other for three words or more, compared after `shape`); `related` also keeps out templates whose text
+could write such twins. Looser matches than those remain: a sentence inside another with a word changed, or
+two words off ("could you {request}" / "can someone {request}"), so the test split is new sentences, not
+always new phrasing. A held-out template also leaves each of its slots in some training template: the test
+asks for new shapes of known words, not for words the corpus never taught. Every unit draws from a generator
+of its own, seeded by its text, and the held-out ones are picked in a hash order, so adding or editing a unit
+leaves the others' comments, labels and split mostly as they were (tests/unit/test_demo_corpus.py): templates
+of its category give up their last few sentences to it, a sentence two units can write stays with the first,
+and the held-out choice can move by a template or two. Re-run only to change the corpus:
 
     python model_artifacts/make_corpus.py
 """
@@ -297,7 +299,7 @@ def compose_rows() -> list[dict]:
     for name, (hand_written, probabilities) in CATEGORIES.items():
         kind = "toxic" if probabilities["toxicity"] >= 0.5 else "benign"
         # Units are held out whole (a hand-written sentence, or every sentence of a template), and only units
-        # with no sentence near another unit's, so a test comment is never a training one with a word changed.
+        # with no sentence near another unit's (see `twinned_units` for what "near" covers and misses).
         untwinned = [core for core in hash_order(hand_written) if core not in twinned]
         held_out = set(untwinned[: max(1, round(len(hand_written) * HELD_OUT))])
         units = [(core, [core], HAND_WRITTEN_COPIES, core in held_out) for core in hand_written]

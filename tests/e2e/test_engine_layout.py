@@ -188,7 +188,8 @@ def test_front_ends_and_a_simulated_engine_run_without_torch(demo_dir, tmp_path)
 def test_with_the_torch_backend_only_the_engine_maps_torch(demo_dir, tmp_path):
     """The supervisor finds GPUs through a spawned probe, not by importing torch itself, so the front ends it
     forks do not inherit libtorch either; the engine, which runs the model, is the one process that maps it."""
-    with running_server(tmp_path, "--model-dir", str(demo_dir / "rnn"), "--layout", "engines", "--workers", "2") as server:
+    args = ["--model-dir", str(demo_dir / "rnn"), "--layout", "engines", "--workers", "2"]
+    with running_server(tmp_path, *args) as server:
         assert post(server.url, [TEXT]).status_code == 200
         processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
         with_torch = {p.pid for p in processes if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text()}

@@ -83,9 +83,13 @@ def test_twinned_units_are_found_by_reordering_one_word_and_containment(make_cor
         "e": ["what a lovely day"],
         "f": ["what a lovely sunny day"],  # e with one word inserted
         "g": ["the museum opens on monday"],  # nothing like the others
-        "h": ["good luck", "have fun at the match"],
+        "h": ["good luck", "have fun at the match"],  # "good luck" is inside others' comments: too short to count
+        "i": ["good luck with the exam"],
+        "j": ["the kettle is on sale"],  # a hand-written sentence ...
+        "{noun} {noun_pred}": ["the kettle is on sale this week", "the lamp looks nice"],  # ... inside a template's
+        "k": ["you're a total clown"],  # a, spelled with a contraction
     }
-    assert make_corpus.twinned_units(units) == set("abcdef")
+    assert make_corpus.twinned_units(units) == {*"abcdefjk", "{noun} {noun_pred}"}
 
 
 def test_no_held_out_sentence_is_near_a_training_sentence(make_corpus):
