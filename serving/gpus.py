@@ -19,14 +19,15 @@ log = logging.getLogger(__name__)
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: T4 (7.5, ml.g4dn) and V100 (7.0, ml.p3) have no bf16 tensor cores
 PROBE_TIMEOUT_S = 120
-PROBE = """
+PROBE_MARK = "TOXSERVE_GPU_PROBE"  # starts the report's line, whatever else the child prints
+PROBE = f"MARK = {PROBE_MARK!r}\n" + """
 import json, torch
 devices = []
 if torch.backends.cuda.is_built() and torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         devices.append({"name": p.name, "capability": [p.major, p.minor], "memory_bytes": p.total_memory})
-print(json.dumps({"devices": devices, "torch": torch.__version__, "cuda": torch.version.cuda}))
+print(MARK, json.dumps({"devices": devices, "torch": torch.__version__, "cuda": torch.version.cuda}))
 """
 
 
@@ -59,15 +60,23 @@ def visible_ids(count: int, env: dict | os._Environ = os.environ) -> list[str]:
 
 def probe(env: dict | None = None) -> dict:
     """The visible devices as a spawned child reports them ({"devices": [] ...} without CUDA), with its torch
-    and CUDA build versions; never touches CUDA, nor imports torch, here."""
-    try:
-        done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
-                              env=env)
+    and CUDA build versions; never touches CUDA, nor imports torch, here. Any failure is a RuntimeError."""
+    try:  # -P: a folder named torch or json in the working directory must not stand in for the real one
+        done = subprocess.run([sys.executable, "-P", "-c", PROBE], capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"the GPU probe did not answer within {PROBE_TIMEOUT_S} s") from exc
     if done.returncode != 0:
         raise RuntimeError(f"the GPU probe failed: {done.stderr.strip()[-500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    answers = [line[len(PROBE_MARK) + 1 :] for line in done.stdout.splitlines() if line.startswith(PROBE_MARK + " ")]
+    try:
+        found = json.loads(answers[-1])
+        devices = [{"name": str(d["name"]), "capability": [int(c) for c in d["capability"]][:2],
+                    "memory_bytes": int(d["memory_bytes"])} for d in found["devices"]]
+        return {"devices": devices, "torch": str(found["torch"]), "cuda": found["cuda"]}
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"the GPU probe answered something other than its report: "
+                           f"{done.stdout.strip()[-500:]!r}") from exc
 
 
 def discover(device: str) -> list[Gpu]:
@@ -85,6 +94,9 @@ def discover(device: str) -> list[Gpu]:
     if device == "auto":
         return gpus
     if not gpus:
+        if found["cuda"] is None:
+            raise ValueError(f"device {device!r} asked for, but torch {found['torch']} is a build without CUDA "
+                             "(install a CUDA build of torch)")
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible "
                          f"({VISIBLE_ENV}={os.environ.get(VISIBLE_ENV, 'unset')}, torch {found['torch']}, "
                          f"CUDA build {found['cuda']}: a driver older than that build needs also shows as none)")

@@ -52,6 +52,10 @@ def run_evaluation(data: Path, split: str | None, models, endpoint_url, endpoint
                    target: str | None, write_thresholds: bool, out_dir: Path,
                    log: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
+    # thresholds.json names the data by file name and digest, not path: the folder ships to other machines, and
+    # the digest (of the file as read now, streamed) still says which file and version they were picked on.
+    with data.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     sources = score_sources(data, split, models, endpoint_url, endpoint_name, region, runtime_url)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports, figures, picked = {}, {}, {}
@@ -69,7 +73,7 @@ def run_evaluation(data: Path, split: str | None, models, endpoint_url, endpoint
                   "seconds": round(time.perf_counter() - started, 1)}
     eval_report.write(out_dir, reports, labels, conditions, figures)
     if write_thresholds:
-        _write_thresholds(picked, target, data, split, log)
+        _write_thresholds(picked, target, data, digest, split, log)
     for name, report in reports.items():
         log(f"{name}: toxicity AP {report[labels[0]]['ap']:.3f}, AUC {report[labels[0]]['auc']:.3f}; "
             f"warnings: {sum(len(r['warnings']) for r in report.values())}")
@@ -77,14 +81,11 @@ def run_evaluation(data: Path, split: str | None, models, endpoint_url, endpoint
     return reports
 
 
-def _write_thresholds(picked: dict, target: str | None, data: Path, split: str | None, log) -> None:
+def _write_thresholds(picked: dict, target: str | None, data: Path, digest: str, split: str | None, log) -> None:
     folders = [(name, t, d) for name, (t, d) in picked.items() if d is not None]
     if not target or not folders:
         raise ValueError("--write-thresholds needs --pick-thresholds and a --model folder")
     name, thresholds, model_dir = folders[0]
-    # The data's name and digest, not its path: the folder ships to other machines, and the digest still says
-    # which file (and version of it) the thresholds were picked on.
-    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
     document = {"thresholds": thresholds, "target": target,
                 "picked_on": f"{data.name} sha256:{digest} ({split or 'all rows'})", "model": name}
     (model_dir / THRESHOLDS_FILE).write_text(json.dumps(document, indent=2))

@@ -188,10 +188,11 @@ def test_front_ends_and_a_simulated_engine_run_without_torch(demo_dir, tmp_path)
 def test_with_the_torch_backend_only_the_engine_maps_torch(demo_dir, tmp_path):
     """The supervisor finds GPUs through a spawned probe, not by importing torch itself, so the front ends it
     forks do not inherit libtorch either; the engine, which runs the model, is the one process that maps it."""
-    args = ["--model-dir", str(demo_dir / "rnn"), "--layout", "engines", "--workers", "2"]
+    args = ["--model-dir", str(demo_dir / "rnn"), "--backend", "torch", "--layout", "engines", "--workers", "2"]
     with running_server(tmp_path, *args) as server:
         assert post(server.url, [TEXT]).status_code == 200
         processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
         with_torch = {p.pid for p in processes if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text()}
+        assert server.process.pid not in with_torch, server.log()
         assert with_torch == set(engine_pids(server)) and len(with_torch) == 1, (
             [(p.pid, p.cmdline()) for p in processes], server.log())

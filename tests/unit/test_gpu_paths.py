@@ -3,11 +3,15 @@ verification and TensorRT options, and which device errors split a batch or give
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import numpy as np
 import pytest
 import torch
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
+from serving import gpus
 from serving.engine.device import fatal_device_error, is_out_of_memory, predict_splitting_on_oom
 from serving.errors import ModelLoadError
 from serving.gpus import Gpu, check_dtype, next_slot, visible_ids
@@ -112,3 +116,53 @@ def test_onnx_runtime_out_of_memory_splits_the_batch_and_retries_the_halves():
     assert out[:, 0].tolist() == list(range(7)) and calls[:3] == [7, 3, 1]
     with pytest.raises(ValueError):  # anything else is not retried
         predict_splitting_on_oom(lambda batch: (_ for _ in ()).throw(ValueError("bad")), [1, 2, 3])
+
+
+def probe_answers(monkeypatch, stdout: str, returncode: int = 0) -> None:
+    """The probe child, as if it had printed `stdout`."""
+    def run(command, **kwargs):
+        assert command[1:3] == ["-P", "-c"]  # the working directory cannot shadow torch
+        return subprocess.CompletedProcess(command, returncode, stdout=stdout, stderr="boom" if returncode else "")
+    monkeypatch.setattr(gpus.subprocess, "run", run)
+
+
+def report(devices: list, cuda: str | None = "12.8") -> str:
+    return f"{gpus.PROBE_MARK} " + json.dumps({"devices": devices, "torch": "2.13.0", "cuda": cuda})
+
+
+def test_the_probe_report_is_found_among_other_output(monkeypatch):
+    h100 = {"name": "NVIDIA H100", "capability": [9, 0], "memory_bytes": 80 * 2**30}
+    probe_answers(monkeypatch, "a library's banner\n" + report([h100, h100]) + "\nprinted at exit\n")
+    found = gpus.discover("auto")
+    assert [g.name for g in found] == ["NVIDIA H100"] * 2 and found[1].capability == (9, 0)
+    assert [g.visible_id for g in found] == visible_ids(2)
+
+
+@pytest.mark.parametrize("stdout", ["", "no report here\n", f"{gpus.PROBE_MARK} not json\n",
+                                    f"{gpus.PROBE_MARK} " + json.dumps({"devices": [{"name": "x"}]})])
+def test_a_probe_that_answers_something_else_is_a_clear_error(monkeypatch, stdout):
+    probe_answers(monkeypatch, stdout)
+    with pytest.raises(RuntimeError, match="the GPU probe answered something other than its report"):
+        gpus.discover("auto")
+
+
+def test_a_failing_probe_is_a_clear_error(monkeypatch):
+    probe_answers(monkeypatch, "", returncode=1)
+    with pytest.raises(RuntimeError, match="the GPU probe failed: boom"):
+        gpus.discover("cuda")
+
+
+def test_cuda_asked_for_with_a_torch_built_without_it_says_so(monkeypatch):
+    probe_answers(monkeypatch, report([], cuda=None))
+    assert gpus.discover("auto") == []
+    with pytest.raises(ValueError, match="torch 2.13.0 is a build without CUDA"):
+        gpus.discover("cuda")
+    probe_answers(monkeypatch, report([]))
+    with pytest.raises(ValueError, match="no CUDA GPU is visible .* CUDA build 12.8: a driver older"):
+        gpus.discover("cuda:0")
+
+
+def test_the_real_probe_answers_on_this_machine():
+    found = gpus.probe()
+    assert found["torch"] == torch.__version__ and found["cuda"] == torch.version.cuda
+    assert len(found["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
