@@ -23,11 +23,12 @@ PROBE_MARK = "TOXSERVE_GPU_PROBE"  # starts the report's line, whatever else the
 PROBE = f"MARK = {PROBE_MARK!r}\n" + """
 import json, torch
 devices = []
-if torch.backends.cuda.is_built() and torch.cuda.is_available():
+built = torch.backends.cuda.is_built()
+if built and torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         devices.append({"name": p.name, "capability": [p.major, p.minor], "memory_bytes": p.total_memory})
-print(MARK, json.dumps({"devices": devices, "torch": torch.__version__, "cuda": torch.version.cuda}))
+print(MARK, json.dumps({"devices": devices, "built": built, "torch": torch.__version__, "cuda": torch.version.cuda}))
 """
 
 
@@ -73,7 +74,7 @@ def probe(env: dict | None = None) -> dict:
         found = json.loads(answers[-1])
         devices = [{"name": str(d["name"]), "capability": [int(c) for c in d["capability"]][:2],
                     "memory_bytes": int(d["memory_bytes"])} for d in found["devices"]]
-        return {"devices": devices, "torch": str(found["torch"]), "cuda": found["cuda"]}
+        return {"devices": devices, "built": bool(found["built"]), "torch": str(found["torch"]), "cuda": found["cuda"]}
     except (IndexError, ValueError, KeyError, TypeError) as exc:
         raise RuntimeError(f"the GPU probe answered something other than its report: "
                            f"{done.stdout.strip()[-500:]!r}") from exc
@@ -94,7 +95,7 @@ def discover(device: str) -> list[Gpu]:
     if device == "auto":
         return gpus
     if not gpus:
-        if found["cuda"] is None:
+        if not found["built"]:
             raise ValueError(f"device {device!r} asked for, but torch {found['torch']} is a build without CUDA "
                              "(install a CUDA build of torch)")
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible "

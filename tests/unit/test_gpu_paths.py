@@ -127,7 +127,8 @@ def probe_answers(monkeypatch, stdout: str, returncode: int = 0) -> None:
 
 
 def report(devices: list, cuda: str | None = "12.8") -> str:
-    return f"{gpus.PROBE_MARK} " + json.dumps({"devices": devices, "torch": "2.13.0", "cuda": cuda})
+    return f"{gpus.PROBE_MARK} " + json.dumps({"devices": devices, "built": cuda is not None, "torch": "2.13.0",
+                                               "cuda": cuda})
 
 
 def test_the_probe_report_is_found_among_other_output(monkeypatch):
@@ -165,4 +166,5 @@ def test_cuda_asked_for_with_a_torch_built_without_it_says_so(monkeypatch):
 def test_the_real_probe_answers_on_this_machine():
     found = gpus.probe()
     assert found["torch"] == torch.__version__ and found["cuda"] == torch.version.cuda
+    assert found["built"] == torch.backends.cuda.is_built()
     assert len(found["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
