@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -23,14 +24,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def model_artifacts_script(name: str):
+    """A script of model_artifacts/ (make_corpus, build_demo: scripts, not a package) imported as a module."""
+    sys.path.insert(0, str(REPO / "model_artifacts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "model_artifacts"))
+
+
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     """model_artifacts/demo, built by the same script the set-up command runs when it is missing."""
     if not (DEMO_DIR / "metrics.json").exists():
-        sys.path.insert(0, str(REPO / "model_artifacts"))
-        import build_demo
-
-        build_demo.main(["--out", str(DEMO_DIR)])
+        model_artifacts_script("build_demo").main(["--out", str(DEMO_DIR)])
     return DEMO_DIR
 
 

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import model_artifacts_script
 
 MODEL_ARTIFACTS = Path(__file__).resolve().parents[2] / "model_artifacts"
 
 
 @pytest.fixture(scope="module")
 def make_corpus():
-    sys.path.insert(0, str(MODEL_ARTIFACTS))
-    try:
-        import make_corpus
-
-        yield make_corpus
-    finally:
-        sys.path.remove(str(MODEL_ARTIFACTS))
+    return model_artifacts_script("make_corpus")
 
 
 def test_the_committed_corpus_is_what_make_corpus_writes(make_corpus):

@@ -3,24 +3,15 @@ touching their words or labels, and made-up-only comments are labelled benign.""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-MODEL_ARTIFACTS = Path(__file__).resolve().parents[2] / "model_artifacts"
+from tests.conftest import model_artifacts_script
 
 
 @pytest.fixture(scope="module")
 def build_demo():
-    sys.path.insert(0, str(MODEL_ARTIFACTS))
-    try:
-        import build_demo
-
-        yield build_demo
-    finally:
-        sys.path.remove(str(MODEL_ARTIFACTS))
+    return model_artifacts_script("build_demo")
 
 
 def test_each_chosen_comment_gets_one_made_up_word_and_keeps_its_own(build_demo):
