@@ -1,7 +1,7 @@
 """Builds the demo models from data/comments.csv: a small RoBERTox and a subword-LSTM, as SageMaker folders.
 
 Writes model_artifacts/demo/{roberta,rnn}/ and {roberta,rnn}.model.tar.gz, plus metrics.json
-(held-out AP/AUC per label). Seeded and deterministic on one machine; about 90 s on 2 cores.
+(held-out AP/AUC per label). Seeded and deterministic on one machine; about 80 s on 2 cores.
 
     python model_artifacts/build_demo.py [--out DIR] [--force]
 """
