@@ -28,7 +28,10 @@ if built and torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         devices.append({"name": p.name, "capability": [p.major, p.minor], "memory_bytes": p.total_memory})
-print(MARK, json.dumps({"devices": devices, "built": built, "torch": torch.__version__, "cuda": torch.version.cuda}))
+print("\\n" + MARK, json.dumps({"devices": devices, "built": built, "torch": torch.__version__,
+                               "cuda": torch.version.cuda}), flush=True)
+import os
+os._exit(0)  # a driver's teardown at exit cannot turn a report already given into a failure
 """
 
 
@@ -61,20 +64,27 @@ def visible_ids(count: int, env: dict | os._Environ = os.environ) -> list[str]:
 
 def probe(env: dict | None = None) -> dict:
     """The visible devices as a spawned child reports them ({"devices": [] ...} without CUDA), with its torch
-    and CUDA build versions; never touches CUDA, nor imports torch, here. Any failure is a RuntimeError."""
+    and CUDA build versions and the tail of what it wrote to stderr (where torch says why it sees no GPU); never
+    touches CUDA, nor imports torch, here. Any failure is a RuntimeError."""
     try:  # -P: a folder named torch or json in the working directory must not stand in for the real one
-        done = subprocess.run([sys.executable, "-P", "-c", PROBE], capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT_S, env=env)
+        done = subprocess.run([sys.executable, "-P", "-c", PROBE], capture_output=True, encoding="utf-8",
+                              errors="replace", timeout=PROBE_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"the GPU probe did not answer within {PROBE_TIMEOUT_S} s") from exc
+    except OSError as exc:
+        raise RuntimeError(f"the GPU probe could not start: {exc}") from exc
+    stderr = done.stderr.strip()[-500:]
     if done.returncode != 0:
-        raise RuntimeError(f"the GPU probe failed: {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"the GPU probe failed (exit status {done.returncode}): {stderr}")
     answers = [line[len(PROBE_MARK) + 1 :] for line in done.stdout.splitlines() if line.startswith(PROBE_MARK + " ")]
     try:
         found = json.loads(answers[-1])
-        devices = [{"name": str(d["name"]), "capability": [int(c) for c in d["capability"]][:2],
+        devices = [{"name": str(d["name"]), "capability": [int(c) for c in d["capability"]],
                     "memory_bytes": int(d["memory_bytes"])} for d in found["devices"]]
-        return {"devices": devices, "built": bool(found["built"]), "torch": str(found["torch"]), "cuda": found["cuda"]}
+        if any(len(d["capability"]) != 2 for d in devices):
+            raise ValueError("a capability is not (major, minor)")
+        return {"devices": devices, "built": bool(found["built"]), "torch": str(found["torch"]), "cuda": found["cuda"],
+                "stderr": stderr}
     except (IndexError, ValueError, KeyError, TypeError) as exc:
         raise RuntimeError(f"the GPU probe answered something other than its report: "
                            f"{done.stdout.strip()[-500:]!r}") from exc
@@ -87,11 +97,16 @@ def discover(device: str) -> list[Gpu]:
     cuda:N: that one (N counts within CUDA_VISIBLE_DEVICES, as CUDA does)."""
     if device == "cpu":
         return []
-    # Even `import torch` stays out of this process: it forks the front ends, which would all map torch.
+    # `import torch` stays out of this process: in the engines layout it forks the front ends, which would all
+    # map torch (the workers layout imports it here afterwards, for its workers to share).
     found = probe()
     devices = found["devices"]
     gpus = [Gpu(visible_id, d["name"], tuple(d["capability"]), int(d["memory_bytes"]))  # type: ignore[arg-type]
             for visible_id, d in zip(visible_ids(len(devices)), devices, strict=False)]
+    if not gpus and found["built"] and found["stderr"]:
+        # A CUDA build that sees no GPU says why on stderr (a driver too old, no device node): keep it visible.
+        log.warning("torch %s (CUDA build %s) sees no GPU; it said: %s", found["torch"], found["cuda"],
+                    found["stderr"])
     if device == "auto":
         return gpus
     if not gpus:

@@ -240,10 +240,10 @@ def run(settings: Settings) -> None:
 
         Supervisor(settings, model_dir, gpus).run()
         return
-    if settings.backend != "sim":
-        # Every worker imports torch; importing it once here lets them share it after the fork. Importing does
-        # not initialise CUDA, which is what a forking master must not do (serving.gpus).
-        import torch  # noqa: F401
+    # Every worker imports torch (set_torch_threads, sim included); importing it once here lets them share it
+    # after the fork. Importing does not initialise CUDA, which is what a forking master must not do (serving.gpus).
+    import torch  # noqa: F401
+
     server = Server(settings, model_dir, gpus)
     if settings.backend == "sim":
         log.info("layout: %d worker(s) over %d simulated accelerator(s) (%.3g ms + %.3g us per padded token)",

@@ -54,8 +54,10 @@ def run_evaluation(data: Path, split: str | None, models, endpoint_url, endpoint
     started = time.perf_counter()
     # thresholds.json names the data by file name and digest, not path: the folder ships to other machines, and
     # the digest (of the file as read now, streamed) still says which file and version they were picked on.
-    with data.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    digest = ""
+    if write_thresholds:
+        with data.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     sources = score_sources(data, split, models, endpoint_url, endpoint_name, region, runtime_url)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports, figures, picked = {}, {}, {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -118,12 +119,13 @@ def test_onnx_runtime_out_of_memory_splits_the_batch_and_retries_the_halves():
         predict_splitting_on_oom(lambda batch: (_ for _ in ()).throw(ValueError("bad")), [1, 2, 3])
 
 
-def probe_answers(monkeypatch, stdout: str, returncode: int = 0) -> None:
-    """The probe child, as if it had printed `stdout`."""
+def probe_answers(monkeypatch, stdout: str, returncode: int = 0, stderr: str = "") -> None:
+    """The probe child, as if it had printed `stdout` (serving.gpus's own subprocess module replaced)."""
     def run(command, **kwargs):
         assert command[1:3] == ["-P", "-c"]  # the working directory cannot shadow torch
-        return subprocess.CompletedProcess(command, returncode, stdout=stdout, stderr="boom" if returncode else "")
-    monkeypatch.setattr(gpus.subprocess, "run", run)
+        return subprocess.CompletedProcess(command, returncode, stdout=stdout, stderr=stderr)
+    monkeypatch.setattr(gpus, "subprocess", types.SimpleNamespace(run=run, TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def report(devices: list, cuda: str | None = "12.8") -> str:
@@ -136,11 +138,13 @@ def test_the_probe_report_is_found_among_other_output(monkeypatch):
     probe_answers(monkeypatch, "a library's banner\n" + report([h100, h100]) + "\nprinted at exit\n")
     found = gpus.discover("auto")
     assert [g.name for g in found] == ["NVIDIA H100"] * 2 and found[1].capability == (9, 0)
-    assert [g.visible_id for g in found] == visible_ids(2)
+    probe_answers(monkeypatch, "text with no newline" + report([h100]).replace(gpus.PROBE_MARK, "\n" + gpus.PROBE_MARK))
+    assert [g.visible_id for g in gpus.discover("auto")] == ["0"]
 
 
 @pytest.mark.parametrize("stdout", ["", "no report here\n", f"{gpus.PROBE_MARK} not json\n",
-                                    f"{gpus.PROBE_MARK} " + json.dumps({"devices": [{"name": "x"}]})])
+                                    f"{gpus.PROBE_MARK} " + json.dumps({"devices": [{"name": "x"}]}),
+                                    report([{"name": "x", "capability": [9], "memory_bytes": 1}])])
 def test_a_probe_that_answers_something_else_is_a_clear_error(monkeypatch, stdout):
     probe_answers(monkeypatch, stdout)
     with pytest.raises(RuntimeError, match="the GPU probe answered something other than its report"):
@@ -148,9 +152,16 @@ def test_a_probe_that_answers_something_else_is_a_clear_error(monkeypatch, stdou
 
 
 def test_a_failing_probe_is_a_clear_error(monkeypatch):
-    probe_answers(monkeypatch, "", returncode=1)
-    with pytest.raises(RuntimeError, match="the GPU probe failed: boom"):
+    probe_answers(monkeypatch, "", returncode=-11, stderr="boom")
+    with pytest.raises(RuntimeError, match=r"the GPU probe failed \(exit status -11\): boom"):
         gpus.discover("cuda")
+
+
+def test_why_a_cuda_build_sees_no_gpu_is_logged(monkeypatch, caplog):
+    probe_answers(monkeypatch, report([]), stderr="UserWarning: CUDA initialization: The NVIDIA driver is too old")
+    with caplog.at_level("WARNING", logger="serving.gpus"):
+        assert gpus.discover("auto") == []
+    assert "driver is too old" in caplog.text
 
 
 def test_cuda_asked_for_with_a_torch_built_without_it_says_so(monkeypatch):
@@ -167,4 +178,4 @@ def test_the_real_probe_answers_on_this_machine():
     found = gpus.probe()
     assert found["torch"] == torch.__version__ and found["cuda"] == torch.version.cuda
     assert found["built"] == torch.backends.cuda.is_built()
-    assert len(found["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert len(found["devices"]) == torch.cuda.device_count()
