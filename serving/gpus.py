@@ -79,10 +79,12 @@ def probe(env: dict | None = None) -> dict:
     answers = [line[len(PROBE_MARK) + 1 :] for line in done.stdout.splitlines() if line.startswith(PROBE_MARK + " ")]
     try:
         found = json.loads(answers[-1])
-        devices = [{"name": str(d["name"]), "capability": [int(c) for c in d["capability"]],
-                    "memory_bytes": int(d["memory_bytes"])} for d in found["devices"]]
-        if any(len(d["capability"]) != 2 for d in devices):
-            raise ValueError("a capability is not (major, minor)")
+        devices = []
+        for d in found["devices"]:
+            capability = [int(c) for c in d["capability"]]
+            if len(capability) != 2:
+                raise ValueError("a capability is not (major, minor)")
+            devices.append({"name": str(d["name"]), "capability": capability, "memory_bytes": int(d["memory_bytes"])})
         return {"devices": devices, "built": bool(found["built"]), "torch": str(found["torch"]), "cuda": found["cuda"],
                 "stderr": stderr}
     except (IndexError, ValueError, KeyError, TypeError) as exc:
