@@ -112,12 +112,11 @@ def corpus_words(texts: list[str]) -> set[str]:
     return set(re.findall(r"[a-z]+", " ".join(texts).lower()))
 
 
-def with_unseen_words(texts: list[str], share: float, rng: np.random.Generator) -> list[str]:
+def with_unseen_words(texts: list[str], share: float, rng: np.random.Generator, known: set[str]) -> list[str]:
     """A share of the comments, each with one made-up word put in at a random place, labels unchanged. A word
     the corpus never had (a user's "pancakes") reaches RoBERTox as a run of short pieces, and in this corpus
     such runs came mostly from obfuscated abuse ("f***", "$h1t"); seeing them in benign and toxic comments
-    alike teaches that an unfamiliar word is no evidence either way."""
-    known = corpus_words(texts)
+    alike teaches that an unfamiliar word is no evidence either way. `known`: the corpus's words, never made up."""
     out = []
     for text in texts:
         if rng.random() < share:
@@ -179,9 +178,9 @@ def train_roberta(texts: list[str], y: np.ndarray, out: Path, epochs: int = ROBE
     model.save_pretrained(out)  # untrained, so the serving loader can encode with the saved tokenizer
     serving = RobertaClassifier(out)
     augment = np.random.default_rng([SEED, 1])  # its own stream: changing it leaves batches and noise as they were
-    extra_texts, extra_y = made_up_comments(round(len(texts) * MADE_UP_SHARE), y.shape[1], augment,
-                                            corpus_words(texts))
-    texts, y = with_unseen_words(texts, UNSEEN_WORD_SHARE, augment) + extra_texts, np.concatenate([y, extra_y])
+    known = corpus_words(texts)
+    extra_texts, extra_y = made_up_comments(round(len(texts) * MADE_UP_SHARE), y.shape[1], augment, known)
+    texts, y = with_unseen_words(texts, UNSEEN_WORD_SHARE, augment, known) + extra_texts, np.concatenate([y, extra_y])
     rng = np.random.default_rng(SEED)
     encoded = serving.encode(texts)
     lengths = [e.length for e in encoded]

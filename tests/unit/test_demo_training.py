@@ -16,10 +16,10 @@ def build_demo():
 
 def test_each_chosen_comment_gets_one_made_up_word_and_keeps_its_own(build_demo):
     texts = [f"comment number {i} says hello" for i in range(400)]
-    changed = build_demo.with_unseen_words(texts, 0.5, np.random.default_rng(0))
+    known = build_demo.corpus_words(texts)
+    changed = build_demo.with_unseen_words(texts, 0.5, np.random.default_rng(0), known)
     assert len(changed) == len(texts)
     grown = 0
-    known = build_demo.corpus_words(texts)
     for before, after in zip(texts, changed, strict=True):
         words, new_words = before.split(), after.split()
         if new_words == words:
@@ -30,7 +30,7 @@ def test_each_chosen_comment_gets_one_made_up_word_and_keeps_its_own(build_demo)
         assert new_words[:extra] + new_words[extra + 1 :] == words  # the comment's words, in order
         assert new_words[extra].isalpha() and new_words[extra] not in known
     assert 150 < grown < 250  # about half
-    assert build_demo.with_unseen_words(texts, 0.0, np.random.default_rng(0)) == texts
+    assert build_demo.with_unseen_words(texts, 0.0, np.random.default_rng(0), known) == texts
 
 
 def test_made_up_words_are_no_corpus_word_and_spell_no_abuse(build_demo):
