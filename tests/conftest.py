@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,16 @@ def model_artifacts_script(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "model_artifacts"))
+
+
+def within_one_edit(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Word sequences (lists or tuples) equal but for one substituted, inserted or dropped word."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 from serving import load_classifier
 from serving.config import Settings
 from serving.service import InferenceService, RequestOptions
+from tests.conftest import within_one_edit
 
 CORPUS = Path(__file__).resolve().parents[2] / "model_artifacts" / "data" / "comments.csv"
 
@@ -99,16 +100,6 @@ def words(text: str) -> list[str]:
     """Lowercase words, contractions spelled out (the corpus contracts some sentences and not others)."""
     found = re.findall(r"[a-z0-9']+", text.lower().replace("*", ""))
     return " ".join(CONTRACTIONS.get(word, word) for word in found).split()
-
-
-def within_one_edit(a: list[str], b: list[str]) -> bool:
-    """Word sequences equal but for one substituted, inserted or dropped word."""
-    if abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
-    short, long = sorted((a, b), key=len)
-    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 def near_copies(sentence: str, corpus: list[list[str]]) -> list[str]:

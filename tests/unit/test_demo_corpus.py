@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_artifacts_script
+from tests.conftest import model_artifacts_script, within_one_edit
 
 MODEL_ARTIFACTS = Path(__file__).resolve().parents[2] / "model_artifacts"
 
@@ -101,18 +101,12 @@ def test_no_held_out_sentence_is_near_a_training_sentence(make_corpus):
     train_sorted = {tuple(sorted(words)) for words in train}
     train_text = "\n".join(" " + " ".join(words) + " " for words in train)
 
-    def one_edit(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-        if len(a) == len(b):
-            return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
-        short, long = sorted((a, b), key=len)
-        return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
-
     near = []
     for words in test:
         runs = {words[i:j] for i in range(len(words)) for j in range(i + 3, len(words) + 1)}
         if (tuple(sorted(words)) in train_sorted or runs & train
                 or (len(words) >= 3 and f" {' '.join(words)} " in train_text)
-                or any(one_edit(words, other) for n in (len(words) - 1, len(words), len(words) + 1)
+                or any(within_one_edit(words, other) for n in (len(words) - 1, len(words), len(words) + 1)
                        for other in by_length.get(n, []))):
             near.append(" ".join(words))
     assert not near
