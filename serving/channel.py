@@ -18,7 +18,7 @@ import numpy as np
 
 from serving import errors
 
-REQUEST, REPLY = 1, 2
+REQUEST, REPLY, CONTROL, CONTROL_REPLY = 1, 2, 3, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,7 @@ class ScoreRequest:
     lengths: list[int]
     wait_for_room: bool = False
     room: int | None = None
+    model: str = ""  # a multi-model endpoint's model name; "" is the engine's one model
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,28 +56,64 @@ class ScoreReply:
     error_message: str = ""
 
     def raise_error(self) -> None:
-        if not self.error_kind:
-            return
-        kind = getattr(errors, self.error_kind, None)
-        if isinstance(kind, type) and issubclass(kind, errors.ServingError):
-            raise kind(self.error_message)
-        raise RuntimeError(f"engine error: {self.error_message}")
+        _raise(self.error_kind, self.error_message)
 
 
-def failure_reply(request_id: int, exc: BaseException) -> ScoreReply:
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    """Load or unload one model of a multi-model endpoint (op "load" or "unload"); `path` is its folder."""
+
+    request_id: int
+    engine_pid: int
+    op: str
+    name: str
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReply:
+    """Done (with what the engine knows of the model: device, backend, memory), or the error that stopped it."""
+
+    request_id: int
+    detail: dict | None = None
+    error_kind: str = ""
+    error_message: str = ""
+
+    def raise_error(self) -> None:
+        _raise(self.error_kind, self.error_message)
+
+
+def _raise(error_kind: str, message: str) -> None:
+    if not error_kind:
+        return
+    kind = getattr(errors, error_kind, None)
+    if isinstance(kind, type) and issubclass(kind, errors.ServingError):
+        raise kind(message)
+    raise RuntimeError(f"engine error: {message}")
+
+
+def failure_reply(request_id: int, exc: BaseException, kind: type = ScoreReply):
+    """`kind` ScoreReply or ControlReply, carrying `exc` by its serving.errors class name."""
     if isinstance(exc, errors.ServingError):
-        return ScoreReply(request_id, error_kind=type(exc).__name__, error_message=exc.message)
-    return ScoreReply(request_id, error_kind="internal", error_message=f"{type(exc).__name__}: {exc}")
+        return kind(request_id, error_kind=type(exc).__name__, error_message=exc.message)
+    return kind(request_id, error_kind="internal", error_message=f"{type(exc).__name__}: {exc}")
 
 
-def pack(record: ScoreRequest | ScoreReply) -> bytes:
+Record = ScoreRequest | ScoreReply | ControlRequest | ControlReply
+
+
+def pack(record: Record) -> bytes:
     """Records travel as tuples of plain values, arrays as raw bytes: pickling the dataclasses and arrays
     themselves cost ten times as much per message."""
     if isinstance(record, ScoreRequest):
         arrays = bool(record.features) and all(isinstance(f, np.ndarray) for f in record.features)
         features = [f.astype(np.int32).tobytes() for f in record.features] if arrays else record.features
         plain: tuple = (REQUEST, record.request_id, record.engine_pid, record.deadline, arrays, features,
-                        record.lengths, record.wait_for_room, record.room)
+                        record.lengths, record.wait_for_room, record.room, record.model)
+    elif isinstance(record, ControlRequest):
+        plain = (CONTROL, record.request_id, record.engine_pid, record.op, record.name, record.path)
+    elif isinstance(record, ControlReply):
+        plain = (CONTROL_REPLY, record.request_id, record.detail, record.error_kind, record.error_message)
     else:
         scores = record.scores
         shape = () if scores is None else scores.shape
@@ -86,13 +123,17 @@ def pack(record: ScoreRequest | ScoreReply) -> bytes:
     return pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def unpack(payload: bytes) -> ScoreRequest | ScoreReply:
+def unpack(payload: bytes) -> Record:
     plain = pickle.loads(payload)
     if plain[0] == REQUEST:
-        _, request_id, engine_pid, deadline, arrays, features, lengths, wait_for_room, room = plain
+        _, request_id, engine_pid, deadline, arrays, features, lengths, wait_for_room, room, model = plain
         if arrays:
             features = [np.frombuffer(f, np.int32).astype(np.int64) for f in features]
-        return ScoreRequest(request_id, engine_pid, deadline, features, lengths, wait_for_room, room)
+        return ScoreRequest(request_id, engine_pid, deadline, features, lengths, wait_for_room, room, model)
+    if plain[0] == CONTROL:
+        return ControlRequest(*plain[1:])
+    if plain[0] == CONTROL_REPLY:
+        return ControlReply(*plain[1:])
     _, request_id, shape, data, queue_s, compute_s, error_kind, error_message = plain
     scores = np.frombuffer(data, np.float32).reshape(shape) if shape else None
     return ScoreReply(request_id, scores, queue_s, compute_s, error_kind, error_message)

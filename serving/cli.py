@@ -125,7 +125,10 @@ def evaluate(data_path, split, models, endpoint_url, endpoint_name, region, runt
 @click.option("--name", required=True, help="model, endpoint config and endpoint name")
 @click.option("--image", "image_uri", required=True, help="ECR image URI (docker/build_push.sh prints it)")
 @click.option("--role", "role_arn", required=True, help="SageMaker execution role ARN")
-@click.option("--model-data", required=True, help="s3://.../model.tar.gz, or a local one to upload to --bucket")
+@click.option("--model-data", required=True, help="s3://.../model.tar.gz, or a local one to upload to --bucket; "
+              "with --multi-model the s3://BUCKET/PREFIX/ holding one .tar.gz per model")
+@click.option("--multi-model", is_flag=True, help="a multi-model endpoint: clients name the archive under "
+              "--model-data with TargetModel, SageMaker loads it on first use")
 @click.option("--bucket", help="S3 bucket for a local --model-data")
 @click.option("--instance-type", help="e.g. ml.g5.xlarge [default: the load-test report's recommendation]")
 @click.option("--instance-count", type=int, help="initial instances [default: the report's, else 1]")
@@ -139,8 +142,8 @@ def evaluate(data_path, split, models, endpoint_url, endpoint_name, region, runt
 @click.option("--region")
 @click.option("--dry-run", is_flag=True, help="print every API call instead of making it")
 @click.option("--no-wait", is_flag=True, help="return without waiting for InService")
-def deploy(name, image_uri, role_arn, model_data, bucket, instance_type, instance_count, from_report, capacity_rps,
-           utilisation, max_instances, env_pairs, region, dry_run, no_wait) -> None:
+def deploy(name, image_uri, role_arn, model_data, multi_model, bucket, instance_type, instance_count, from_report,
+           capacity_rps, utilisation, max_instances, env_pairs, region, dry_run, no_wait) -> None:
     """Create a SageMaker model, endpoint config and endpoint (and autoscaling from measured capacity)."""
     from serving.tools.deploy import AwsCalls, Deployment
     from serving.tools.deploy import deploy as run_deploy
@@ -153,9 +156,12 @@ def deploy(name, image_uri, role_arn, model_data, bucket, instance_type, instanc
         name=name, image_uri=image_uri, role_arn=role_arn, model_data=model_data, bucket=bucket,
         instance_type=instance_type, instance_count=instance_count or chosen.get("count", 1),
         env=dict(pair.split("=", 1) for pair in env_pairs), capacity_rps=capacity_rps or chosen.get("capacity_rps"),
-        utilisation=utilisation, max_instances=max_instances,
+        utilisation=utilisation, max_instances=max_instances, multi_model=multi_model,
     )
-    run_deploy(deployment, AwsCalls(region=region, dry_run=dry_run, log=click.echo), wait=not no_wait)
+    try:
+        run_deploy(deployment, AwsCalls(region=region, dry_run=dry_run, log=click.echo), wait=not no_wait)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -212,7 +218,7 @@ def settings_options(command):
     from serving.config import Settings
 
     for f in reversed(dataclasses.fields(Settings)):
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        kind = {"int": int, "float": float, "bool": click.BOOL}.get(str(f.type).split(" ")[0], str)
         flag = "--" + f.name.replace("_", "-")
         command = click.option(flag, f.name, type=kind, default=None,
                                help=f"{f.metadata.get('help', '')} [env SERVING_{f.name.upper()}; "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from sagemaker_inference import parameters as sm
 
 PREFIX = "SERVING_"
+MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"  # as the SageMaker inference toolkits read it
 
 
 
@@ -75,6 +76,14 @@ class Settings:
     max_word_chars: int = field(default=100, metadata={
         "help": "LSTM: characters of one word whose n-grams are hashed (fastText hashes them all)"})
     graceful_timeout_s: int = field(default=25, metadata={"help": "drain time after SIGTERM"})
+    multi_model: bool = field(default=False, metadata={
+        "help": "a multi-model endpoint: start with no model, load and unload them through /models "
+                "(SAGEMAKER_MULTI_MODEL); runs layout engines, every model shared by the engines' accelerators"})
+    models_root: str = field(default="/opt/ml/models", metadata={
+        "help": "multi-model: the folder every model to load must be inside (SageMaker extracts them there)"})
+    models_memory_mb: float = field(default=0.0, metadata={
+        "help": "multi-model: the most the loaded models' estimated footprints (weights, vectors, activations of "
+                "the largest batch) may add up to, per engine; 0 = what the device (or host) has free"})
     log_level: str = field(default="info", metadata={"help": "logging level"})
 
     def __post_init__(self) -> None:
@@ -106,6 +115,10 @@ class Settings:
             raise ValueError(f"onnx_variant must be fp32, fp16 or int8, got {self.onnx_variant!r}")
         if self.batching not in ("dynamic", "none"):
             raise ValueError(f"batching must be dynamic or none, got {self.batching!r}")
+        if self.models_memory_mb < 0:
+            raise ValueError(f"models_memory_mb must not be negative, got {self.models_memory_mb}")
+        if self.multi_model and self.layout == "workers":
+            raise ValueError("multi_model runs layout engines (models share the accelerators); not layout workers")
         if self.max_payload_mb <= 0:
             raise ValueError(f"max_payload_mb must be positive, got {self.max_payload_mb}")
 
@@ -121,6 +134,7 @@ class Settings:
         sagemaker_names = {
             "port": sm.BIND_TO_PORT_ENV, "workers": sm.MODEL_SERVER_WORKERS_ENV,
             "timeout_s": sm.MODEL_SERVER_TIMEOUT_ENV, "max_payload_mb": sm.MAX_REQUEST_SIZE,
+            "multi_model": MULTI_MODEL_ENV,
         }
         for f in fields(cls):
             for name in (sagemaker_names.get(f.name), PREFIX + f.name.upper()):
@@ -135,6 +149,11 @@ class Settings:
 
 def _convert(f: dataclasses.Field, raw: str, name: str):
     kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        text = raw.strip().lower()
+        if text not in ("true", "1", "yes", "false", "0", "no"):
+            raise ValueError(f"{name}={raw!r} is not true or false")
+        return text in ("true", "1", "yes")
     try:
         if kind.startswith("int"):
             return int(raw)

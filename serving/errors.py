@@ -66,3 +66,23 @@ class DeviceFailed(ServingError):
 class RequestTimeout(ServingError):
     status = 504
     code = "timeout"
+
+
+class ModelNotFound(ServingError):
+    """A multi-model endpoint has no model of that name loaded, or a folder to load holds no model."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class ModelExists(ServingError):
+    status = 409
+    code = "model_already_loaded"
+
+
+class InsufficientMemory(ServingError):
+    """The model does not fit what the device or host has free (or the configured budget): SageMaker then unloads
+    a model and tries again."""
+
+    status = 507
+    code = "insufficient_memory"

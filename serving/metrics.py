@@ -42,6 +42,17 @@ channel_seconds = Histogram(f"{PREFIX}channel_seconds", "Per-request time on the
                             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1))
 _stages = [stage_latency.labels(stage) for stage in ("tokenize", "queue", "inference")]
 model_load_seconds = Gauge(f"{PREFIX}model_load_seconds", "Model load and warm-up time", multiprocess_mode="max")
+# A multi-model endpoint's, per model (label `model`: the name it was loaded under)
+model_requests = Counter(f"{PREFIX}model_requests_total", "Invocations by model and status", ["model", "status"])
+model_latency = Histogram(f"{PREFIX}model_request_latency_seconds", "Invocation latency by model", ["model"],
+                          buckets=LATENCY_BUCKETS)
+model_batch_size = Histogram(f"{PREFIX}model_batch_size", "Texts per forward pass by model", ["model"],
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+model_load_seconds_by_model = Gauge(f"{PREFIX}model_load_seconds_by_model", "Load and warm-up time by model "
+                                    "(per engine)", ["model"], multiprocess_mode="livemax")
+model_memory_bytes = Gauge(f"{PREFIX}model_memory_bytes", "Memory a model's load added, measured (per engine: "
+                           "device memory on a GPU, resident host memory on the CPU), 0 once unloaded", ["model"],
+                           multiprocess_mode="livesum")
 
 
 def observe_batch(stats: BatchStats) -> None:

@@ -211,27 +211,46 @@ def choose_layout(settings: Settings, model_dir: Path, gpus: list[Gpu]) -> tuple
     return "workers", "CPU only: one worker per core, each with its own model, measured fastest (BENCHMARKS.md)"
 
 
+def find_gpus(settings: Settings) -> list[Gpu]:
+    if settings.backend == "sim":  # no GPU is asked anything: the workers' devices are simulated
+        from serving.models.simulated import LOCKS_ENV, make_device_locks
+
+        os.environ[LOCKS_ENV] = str(make_device_locks(settings.sim_devices))
+        return []
+    try:
+        gpus = discover(settings.device)
+    except RuntimeError as exc:
+        raise ValueError(f"could not list the GPUs: {exc}") from exc
+    check_dtype(settings.torch_dtype, gpus)
+    return gpus
+
+
+def run_multi_model(settings: Settings) -> None:
+    """A multi-model endpoint: the engines layout with no model until /models loads them."""
+    from serving.supervisor import Supervisor
+
+    root = Path(settings.models_root)
+    if not root.is_dir():
+        raise ValueError(f"models_root {root} is not a folder (SERVING_MODELS_ROOT; SageMaker's is /opt/ml/models)")
+    gpus = find_gpus(settings)
+    log.info("multi-model endpoint over models in %s with settings %s", root, settings.describe())
+    Supervisor(settings, None, gpus).run()
+
+
 def run(settings: Settings) -> None:
     """Check the model folder and the GPUs, then hand over to gunicorn (which exits 0 after a SIGTERM drain)."""
     from serving.artifacts import detect_family, resolve_model_dir
 
     logging.config.dictConfig(LOG_CONFIG)
+    fresh_metrics_dir()
+    if settings.multi_model:
+        run_multi_model(settings)
+        return
     model_dir = resolve_model_dir(settings.model_dir)
     family = detect_family(model_dir)
-    fresh_metrics_dir()
     if family == "rnn":
         share_vectors(model_dir)
-    if settings.backend == "sim":  # no GPU is asked anything: the workers' devices are simulated
-        from serving.models.simulated import LOCKS_ENV, make_device_locks
-
-        gpus: list[Gpu] = []
-        os.environ[LOCKS_ENV] = str(make_device_locks(settings.sim_devices))
-    else:
-        try:
-            gpus = discover(settings.device)
-        except RuntimeError as exc:
-            raise ValueError(f"could not list the GPUs: {exc}") from exc
-        check_dtype(settings.torch_dtype, gpus)
+    gpus = find_gpus(settings)
     layout, why = choose_layout(settings, model_dir, gpus)
     log.info("serving %s model from %s with settings %s", family, model_dir, settings.describe())
     log.info("layout %s: %s", layout, why)

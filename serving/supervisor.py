@@ -48,7 +48,8 @@ class EngineProcess:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, model_dir: Path, gpus: list[Gpu]) -> None:
+    def __init__(self, settings: Settings, model_dir: Path | None, gpus: list[Gpu]) -> None:
+        """`model_dir` None: a multi-model endpoint (settings.multi_model), which starts with no model."""
         self.settings = settings
         self.model_dir = model_dir
         self.run_dir = Path(tempfile.mkdtemp(prefix="toxserve-run-"))  # 0700: the channel's sockets live here
@@ -69,7 +70,8 @@ class Supervisor:
         return env
 
     def run(self) -> int:
-        settings = dataclasses.replace(self.settings, model_dir=str(self.model_dir), workers=self.frontends)
+        settings = dataclasses.replace(self.settings, model_dir=str(self.model_dir) if self.model_dir else None,
+                                       workers=self.frontends)
         (self.run_dir / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings)))
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
         for engine in self.engines:

@@ -1,5 +1,6 @@
-"""The engine's side of the channel: one I/O thread owns the ROUTER socket, queues what arrives in the batcher,
-and sends back what the batcher settles.
+"""The engine's side of the channel: one I/O thread owns the ROUTER socket, queues what arrives in its model's
+batcher, and sends back what the batcher settles; a multi-model endpoint's loads and unloads run on threads of their
+own and answer the same way.
 
 Replies are settled on the batcher's thread; ZeroMQ sockets belong to one thread, so each settling thread hands its
 replies to the I/O thread over an in-process PUSH socket of its own.
@@ -14,15 +15,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import cast
 
 import zmq
 
 from serving.board import Board, EngineState
-from serving.channel import ScoreReply, ScoreRequest, failure_reply, pack, unpack
+from serving.channel import ControlReply, ControlRequest, ScoreReply, ScoreRequest, failure_reply, pack, unpack
 from serving.classifier import EncodedText
-from serving.engine.batching import BatchedResult, Batcher
-from serving.errors import NotReady
+from serving.engine.batching import BatchedResult
+from serving.engine.models import EngineModels
+from serving.errors import NotReady, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +35,12 @@ LINGER_S = 0.5  # a draining engine keeps answering (503) what front ends sent b
 
 
 class Endpoint:
-    """Serves `batcher` at `address` until stop(): then takes nothing new and ends once every request it took has
+    """Serves `models` at `address` until stop(): then takes nothing new and ends once every request it took has
     its answer sent (or `drain_s` has passed)."""
 
-    def __init__(self, batcher: Batcher, address: str, board: Board, index: int, drain_s: float,
+    def __init__(self, models: EngineModels, address: str, board: Board, index: int, drain_s: float,
                  on_received: Callable[[int], None] | None = None, parent: int | None = None) -> None:
-        self.batcher = batcher
+        self.models = models
         self.board = board
         self.index = index
         self.drain_s = drain_s
@@ -74,7 +77,7 @@ class Endpoint:
                 self._send_replies()
             if self.router in events:
                 self._receive(refuse=drain_until is not None)
-            self.board.set_queued(self.index, self.batcher.queued_texts)
+            self.board.set_queued(self.index, self.models.queued_texts)
             if drain_until is None and (self._stop.is_set() or os.getppid() != self._parent):
                 drained_at = time.monotonic()
                 drain_until = self._start_draining()
@@ -89,9 +92,9 @@ class Endpoint:
 
     def _start_draining(self) -> float:
         log.info("engine %d draining: %d requests in flight, %d texts queued", self.index, self._in_flight,
-                 self.batcher.queued_texts)
+                 self.models.queued_texts)
         self.board.write(self.index, state=EngineState.STOPPING)
-        threading.Thread(target=self.batcher.stop, args=(self.drain_s,), name="batcher-stop", daemon=True).start()
+        threading.Thread(target=self.models.stop_all, args=(self.drain_s,), name="batcher-stop", daemon=True).start()
         return time.monotonic() + self.drain_s
 
     def _receive(self, refuse: bool) -> None:
@@ -105,6 +108,15 @@ class Endpoint:
             pass
         for identity, payload in arrived:
             request = unpack(payload)
+            if isinstance(request, ControlRequest) and request.engine_pid == os.getpid():
+                self._in_flight += 1
+                if refuse:
+                    self._hand_over(identity, failure_reply(request.request_id, NotReady(
+                        "the engine is shutting down"), ControlReply))
+                else:
+                    threading.Thread(target=self._control, args=(identity, request), name=f"{request.op}-model",
+                                     daemon=True).start()
+                continue
             if not isinstance(request, ScoreRequest) or request.engine_pid != os.getpid():
                 continue  # sent to the engine this one replaced; its sender has answered 503 already
             if self.on_received is not None:
@@ -138,10 +150,27 @@ class Endpoint:
             request, encoded = parts.get()
             self._submit(identity, request, encoded, False)
 
+    def _control(self, identity: bytes, request: ControlRequest) -> None:
+        """A model's load or unload, off the I/O thread (the other models keep serving meanwhile)."""
+        try:
+            if request.op == "load":
+                detail = self.models.load(request.name, Path(request.path))
+            elif request.op == "unload":
+                detail = self.models.unload(request.name, self.drain_s)
+            else:
+                raise ValueError(f"unknown operation {request.op!r}")
+            reply = ControlReply(request.request_id, detail)
+        except Exception as exc:
+            if not isinstance(exc, ServingError):
+                log.exception("engine %d could not %s model %s", self.index, request.op, request.name)
+            reply = failure_reply(request.request_id, exc, ControlReply)
+        self._hand_over(identity, reply)
+
     def _submit(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
         try:
-            future = self.batcher.submit(encoded, request.deadline - time.monotonic(), request.wait_for_room,
-                                         request.room, inline=inline)
+            batcher = self.models.batcher(request.model)  # 404 for a model not loaded here
+            future = batcher.submit(encoded, request.deadline - time.monotonic(), request.wait_for_room, request.room,
+                                    inline=inline)
         except Exception as exc:
             self._hand_over(identity, failure_reply(request.request_id, exc))
             return
@@ -156,7 +185,7 @@ class Endpoint:
             reply = ScoreReply(request_id, result.scores, result.queue_s, result.compute_s)
         self._hand_over(identity, reply)
 
-    def _hand_over(self, identity: bytes, reply: ScoreReply) -> None:
+    def _hand_over(self, identity: bytes, reply: ScoreReply | ControlReply) -> None:
         """From any thread: the I/O thread sends on the ROUTER, which it alone may use; others hand it over."""
         if threading.get_ident() == self._io_thread:
             self._in_flight -= 1

@@ -44,8 +44,24 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=heartbeat, args=(board, index), name="heartbeat", daemon=True).start()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    from serving.catalog import Catalog
+    from serving.engine.models import EngineModels
+
+    endpoint = None
+
+    def load(s: Settings, model_dir: Path, name: str):
+        service = load_service(s, index, device, board.engines, model_dir, name)
+        # answer 503s, drain, exit: a fresh engine follows (and reloads a multi-model endpoint's models)
+        service.on_device_failure = lambda reason: endpoint.stop() if endpoint is not None else None
+        watch_forwards(service, board, index)
+        return service
+
+    models = EngineModels(settings, device, load, Catalog(run_dir) if settings.multi_model else None)
     try:
-        service = load_service(settings, index, device, board.engines)
+        if settings.multi_model:
+            reload_models(models, index)
+        else:
+            models.add("", load(settings, Path(settings.model_dir or "."), ""))
     except Exception as exc:
         log.exception("engine %d could not load the model", index)
         error_path(run_dir, index).write_text(f"{type(exc).__name__}: {exc}")
@@ -55,11 +71,9 @@ def main(argv: list[str]) -> int:
     from serving.engine.endpoint import Endpoint
 
     received = metrics.engine_received.labels(str(index))
-    endpoint = Endpoint(service.batcher, socket_address(run_dir, index), board, index, settings.graceful_timeout_s,
+    endpoint = Endpoint(models, socket_address(run_dir, index), board, index, settings.graceful_timeout_s,
                         on_received=received.inc, parent=parent)
     signal.signal(signal.SIGTERM, lambda *_: endpoint.stop())
-    service.on_device_failure = lambda reason: endpoint.stop()  # answer 503s, drain, exit: a fresh engine follows
-    watch_forwards(service, board, index)
     if stopping.is_set():
         endpoint.stop()
     board.write(index, state=EngineState.READY)
@@ -75,15 +89,32 @@ def heartbeat(board: Board, index: int) -> None:
         time.sleep(HEARTBEAT_S)
 
 
-def load_service(settings: Settings, index: int, device: str, engines: int):
-    """The model on this engine's device behind an InferenceService (batcher, device health), warmed up."""
+def reload_models(models, index: int) -> None:
+    """A multi-model engine that starts after a crash loads what the catalog lists as loaded; one that no longer
+    loads is logged and left out (its requests answer 404), the others serve."""
+    from serving.catalog import READY
+
+    assert models.catalog is not None
+    for name, entry in models.catalog.entries().items():
+        if entry.state != READY:
+            continue
+        try:
+            models.load(name, Path(entry.path))
+        except Exception:
+            log.exception("engine %d could not reload model %s", index, name)
+
+
+def load_service(settings: Settings, index: int, device: str, engines: int, model_dir: Path | None = None,
+                 name: str = ""):
+    """The model on this engine's device behind an InferenceService (batcher, device health), warmed up; `name`
+    is a multi-model endpoint's name for it (its metrics' label)."""
     from serving import metrics
     from serving.artifacts import load_classifier
     from serving.engine.device import set_torch_threads, worker_threads
     from serving.service import InferenceService
 
     s = settings
-    model_dir = Path(s.model_dir or ".")
+    model_dir = model_dir or Path(s.model_dir or ".")
     accelerator = None
     if s.backend == "sim":  # a simulated forward runs no torch: the engine need not import it
         from serving.models.simulated import SimulatedAccelerator
@@ -99,10 +130,14 @@ def load_service(settings: Settings, index: int, device: str, engines: int):
                                  max_batch_size=s.max_batch_size, accelerator=accelerator)
 
     queued = metrics.engine_queue.labels(str(index))
+    by_model = metrics.model_batch_size.labels(name) if name else None
 
     def on_batch(stats) -> None:
         metrics.observe_batch(stats)
-        queued.set(service.batcher.queued_texts)
+        if by_model is not None:
+            by_model.observe(stats.size)
+        else:  # a multi-model engine's queue is every model's: its endpoint reports it on the board
+            queued.set(service.batcher.queued_texts)
 
     service = InferenceService(classifier, s, model_dir, on_batch=on_batch)
     service.warmup()

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from serving import metrics
 from serving.config import Settings
-from serving.errors import ServingError
+from serving.errors import BadRequest, ServingError
 from serving.frontend.direct import CUSTOM_ATTRIBUTES, DirectRoutes, error_body, record
 from serving.frontend.handlers import Handler
 from serving.service import InferenceService
@@ -28,10 +28,12 @@ OPENAPI = Path(__file__).parent.parent / "openapi.json"  # routes, bodies and er
 
 
 class ModelState:
-    """Readiness: the handler once its model is loaded and warmed up, or the error that stopped it."""
+    """Readiness: the handler once its model is loaded and warmed up, or the error that stopped it; on a
+    multi-model endpoint (`models`, a serving.frontend.models.ModelSet) whether the engines are up."""
 
-    def __init__(self, handler: Handler | None = None) -> None:
+    def __init__(self, handler: Handler | None = None, models=None) -> None:
         self.handler = handler
+        self.models = models
         self.error: str | None = None
 
     @property
@@ -41,10 +43,14 @@ class ModelState:
 
     @property
     def ready(self) -> bool:
+        if self.models is not None:
+            return self.models.alive
         return self.handler is not None and (self.service is None or self.service.alive)
 
     @property
     def why_not_ready(self) -> str:
+        if self.models is not None:
+            return self.models.why_not_alive()
         if self.error:
             return f"model failed to load: {self.error}"
         service = self.service
@@ -72,13 +78,15 @@ class ModelState:
 
 
 def create_app(settings: Settings, build_handler: Callable[[], Handler] | None = None,
-               handler: Handler | None = None, load_in_background: bool = True) -> Flask:
+               handler: Handler | None = None, load_in_background: bool = True, models=None) -> Flask:
     """The WSGI app. With `build_handler` the model loads in the background while /ping answers 503, or,
     with `load_in_background=False` (how `serve` runs), before the app is returned: a gunicorn worker then
-    takes no connection until its model is warm, so with several workers no request meets a loading one."""
+    takes no connection until its model is warm, so with several workers no request meets a loading one.
+    With `models` (a serving.frontend.models.ModelSet) it is a multi-model endpoint: no model until /models
+    loads them."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
-    state = ModelState(handler)
+    state = ModelState(handler, models)
     app.extensions["model_state"] = state
     if build_handler is not None and load_in_background:
         threading.Thread(target=state.load, args=(build_handler,), name="model-loader", daemon=True).start()
@@ -107,6 +115,9 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
     def metrics_page():
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
+
+    if models is not None:
+        add_model_routes(app, models)
 
     @app.errorhandler(ServingError)
     def serving_error(exc: ServingError):
@@ -142,6 +153,29 @@ def create_app(settings: Settings, build_handler: Callable[[], Handler] | None =
 
     app.wsgi_app = DirectRoutes(app.wsgi_app, state, settings)  # type: ignore[method-assign]
     return app
+
+
+def add_model_routes(app: Flask, models) -> None:
+    """SageMaker's multi-model API: list, load, describe, unload (invocations go through DirectRoutes)."""
+
+    @app.route("/models", methods=["GET"])
+    def list_models():
+        return models.listing(request.args.get("next_page_token"))
+
+    @app.route("/models", methods=["POST"])
+    def load_model():
+        body = request.get_json(silent=True)
+        if body is None:
+            raise BadRequest('the body must be JSON: {"model_name": NAME, "url": FOLDER}')
+        return models.load(body)
+
+    @app.route("/models/<name>", methods=["GET"])
+    def describe_model(name: str):
+        return models.describe(name)
+
+    @app.route("/models/<name>", methods=["DELETE"])
+    def unload_model(name: str):
+        return models.unload(name)
 
 
 def error_response(status: int, code: str, message: str) -> Response:

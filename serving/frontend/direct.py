@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 from serving import metrics
+from serving.catalog import check_name
 from serving.config import Settings
 from serving.errors import BadRequest, NotReady, PayloadTooLarge, ServingError
 from serving.frontend import codecs
@@ -26,11 +27,14 @@ access_log = logging.getLogger("serving.access")
 
 INVOCATIONS = "/invocations"
 ENDPOINT_INVOCATIONS = "/endpoints/<name>/invocations"  # the route's name in metrics, as Flask's rule reads
+MODEL_INVOKE = "/models/<name>/invoke"  # a multi-model endpoint's; its other /models routes are Flask's
 PING = "/ping"
-METHODS = {INVOCATIONS: ("POST",), ENDPOINT_INVOCATIONS: ("POST",), PING: ("GET", "HEAD", "POST")}
+METHODS = {INVOCATIONS: ("POST",), ENDPOINT_INVOCATIONS: ("POST",), MODEL_INVOKE: ("POST",),
+           PING: ("GET", "HEAD", "POST")}
 ALLOW = {route: ", ".join(sorted((*methods, "OPTIONS"))) for route, methods in METHODS.items()}
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_ENV = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+TARGET_MODEL_ENV = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"  # boto3 invoke_endpoint(TargetModel=...)
 BODY_READ = "toxserve.body_read"  # environ key: True once the body was read whole, False once given up on
 REASONS = {status.value: status.phrase for status in HTTPStatus}
 
@@ -57,7 +61,18 @@ def route_of(path: str) -> str | None:
         name = path[len("/endpoints/"):-len(INVOCATIONS)]
         if name and "/" not in name:
             return ENDPOINT_INVOCATIONS
+    if model_in_path(path):
+        return MODEL_INVOKE
     return None
+
+
+def model_in_path(path: str) -> str:
+    """NAME of /models/NAME/invoke, else ''."""
+    if path.startswith("/models/") and path.endswith("/invoke"):
+        name = path[len("/models/"):-len("/invoke")]
+        if name and "/" not in name:
+            return name
+    return ""
 
 
 class DirectRoutes:
@@ -73,13 +88,14 @@ class DirectRoutes:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         route = route_of(path)
-        if route is None:
+        if route is None or route == MODEL_INVOKE and self.state.models is None:
             return self.fallback(environ, start_response)
         started = time.monotonic()
         method = environ.get("REQUEST_METHOD", "GET").upper()  # as werkzeug reads it (granian passes "post" on)
         token = request_deadline.set(started + self.settings.timeout_s)  # reading the body counts against it
         request_id = environ.get("HTTP_X_AMZN_REQUESTID") or uuid.uuid4().hex
         label = route
+        model = ""  # a multi-model endpoint's loaded model this request was for
         try:
             if method == "OPTIONS":
                 status, content_type, body, headers = 200, "text/html; charset=utf-8", b"", {"Allow": ALLOW[route]}
@@ -90,6 +106,9 @@ class DirectRoutes:
                 headers["Allow"] = ALLOW[route]
             elif route == PING:
                 status, content_type, body, headers = self._ping()
+            elif self.state.models is not None:
+                model = self._model_name(environ, path)
+                status, content_type, body, headers = self._invoke(environ, model)
             else:
                 status, content_type, body, headers = self._invoke(environ)
         except ServingError as exc:
@@ -110,6 +129,9 @@ class DirectRoutes:
         headers["X-Request-Id"] = request_id
         try:
             record(method, path.encode("latin-1").decode("utf-8", "replace"), label, status, started, request_id)
+            if model and model in self.state.models.catalog.entries():  # never a label per unknown name sent
+                metrics.model_requests.labels(model, str(status)).inc()
+                metrics.model_latency.labels(model).observe(time.monotonic() - started)
         except Exception:  # a metrics or log failure must not turn a finished answer into the server's own 500
             log.exception("could not record request %s", request_id)
         head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers.items()]
@@ -122,14 +144,25 @@ class DirectRoutes:
             return 200, "text/html; charset=utf-8", b"", {}
         raise NotReady(self.state.why_not_ready)
 
-    def _invoke(self, environ: dict) -> Answer:
+    def _model_name(self, environ: dict, path: str) -> str:
+        """The model a multi-model endpoint's request is for: the path's, else the TargetModel header's."""
+        name = model_in_path(path) or environ.get(TARGET_MODEL_ENV, "")
+        if not name:
+            raise BadRequest("this is a multi-model endpoint: name the model (POST /models/NAME/invoke, or the "
+                             "X-Amzn-SageMaker-Target-Model header)")
+        return check_name(name)
+
+    def _invoke(self, environ: dict, model: str = "") -> Answer:
         accept = codecs.choose_accept(environ.get("HTTP_ACCEPT"))
         body = self._read_body(environ)
         state = self.state
-        if not state.ready or state.handler is None:
+        if not state.ready:
+            raise NotReady(state.why_not_ready)
+        handler = state.models.handler(model) if model else state.handler
+        if handler is None:
             raise NotReady(state.why_not_ready)
         try:
-            reply = state.handler.invoke(body, environ.get("CONTENT_TYPE") or codecs.JSON, accept,
+            reply = handler.invoke(body, environ.get("CONTENT_TYPE") or codecs.JSON, accept,
                                          environ.get(CUSTOM_ATTRIBUTES_ENV))
         finally:
             self._report_queue()

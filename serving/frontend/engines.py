@@ -19,9 +19,18 @@ import zmq
 
 from serving import metrics
 from serving.board import Board, EngineState, EngineStatus, error_path, socket_address
-from serving.channel import BatchedResult, ScoreReply, ScoreRequest, pack, unpack
+from serving.channel import (
+    BatchedResult,
+    ControlReply,
+    ControlRequest,
+    ScoreReply,
+    ScoreRequest,
+    failure_reply,
+    pack,
+    unpack,
+)
 from serving.classifier import EncodedText
-from serving.errors import NotReady, QueueFull
+from serving.errors import NotReady, QueueFull, RequestTimeout, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +96,7 @@ class EngineClient:
         return [s for s in self.board.all() if s.serving]
 
     def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
-               room: int | None = None) -> PendingScores:
+               room: int | None = None, model: str = "") -> PendingScores:
         ready = self._ready()
         if not ready:
             raise NotReady(self.why_not_alive())
@@ -97,7 +106,7 @@ class EngineClient:
             raise QueueFull(f"queue is full ({engine.queued_texts} texts waiting, limit {self.max_queue_texts}); "
                             "retry later")
         request = ScoreRequest(next(self._ids), engine.pid, time.monotonic() + timeout_s,
-                               [e.features for e in encoded], [e.length for e in encoded], wait_for_room, room)
+                               [e.features for e in encoded], [e.length for e in encoded], wait_for_room, room, model)
         socket = self._socket(engine.index)
         try:
             socket.send(pack(request), zmq.NOBLOCK)
@@ -105,6 +114,40 @@ class EngineClient:
             raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
         self._started_waiting()
         return PendingScores(self, socket, engine, request.request_id)
+
+    def control(self, op: str, name: str, path: str, timeout_s: float) -> list[ControlReply]:
+        """Load or unload a multi-model endpoint's model on every engine, side by side; each engine's reply (in
+        engine order), or the first error raised after every engine has answered. Every engine must be serving."""
+        states = self.board.all()
+        if not all(s.serving for s in states):
+            raise NotReady(f"every engine must be up to {op} a model: {self.why_not_alive()}")
+        pending = []
+        for engine in states:
+            request = ControlRequest(next(self._ids), engine.pid, op, name, path)
+            socket = self._socket(engine.index)
+            try:
+                socket.send(pack(request), zmq.NOBLOCK)
+            except zmq.Again as exc:
+                raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+            self._started_waiting()
+            pending.append(PendingScores(self, socket, engine, request.request_id))
+        replies: list[ControlReply] = []
+        try:
+            for waiting in pending:
+                try:
+                    reply = waiting.reply(timeout_s)
+                except FutureTimeout:
+                    late = RequestTimeout(f"engine {waiting.engine.index} did not finish the {op} within "
+                                          f"{timeout_s:.0f} s")
+                    reply = failure_reply(waiting.request_id, late, ControlReply)
+                except ServingError as exc:  # the engine stopped first
+                    reply = failure_reply(waiting.request_id, exc, ControlReply)
+                assert isinstance(reply, ControlReply)
+                replies.append(reply)
+        finally:
+            for waiting in pending:
+                waiting.cancel()
+        return replies
 
     def _socket(self, index: int) -> zmq.Socket:
         sockets = getattr(self._local, "sockets", None)
@@ -146,7 +189,18 @@ class PendingScores:
         client._local.stash[request_id] = None  # awaited
 
     def result(self, timeout: float | None = None) -> BatchedResult:
-        stash: dict[int, ScoreReply | None] = self.client._local.stash
+        settled = self.reply(timeout)
+        assert isinstance(settled, ScoreReply)
+        settled.raise_error()
+        metrics.channel_seconds.observe(max(0.0, time.monotonic() - self.sent_at - settled.queue_s
+                                            - settled.compute_s))
+        assert settled.scores is not None
+        return BatchedResult(settled.scores, settled.queue_s, settled.compute_s)
+
+    def reply(self, timeout: float | None = None) -> ScoreReply | ControlReply:
+        """The engine's reply, unexamined; raises EngineLost when the engine stopped first, FutureTimeout when
+        `timeout` passed first."""
+        stash: dict[int, ScoreReply | ControlReply | None] = self.client._local.stash
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
         try:
             while stash.get(self.request_id) is None:
@@ -155,7 +209,7 @@ class PendingScores:
                     raise FutureTimeout()
                 if self.socket.poll(int(min(left, CHECK_S) * 1000) + 1, zmq.POLLIN):
                     reply = unpack(self.socket.recv())
-                    if isinstance(reply, ScoreReply) and reply.request_id in stash:
+                    if isinstance(reply, (ScoreReply, ControlReply)) and reply.request_id in stash:
                         stash[reply.request_id] = reply
                 else:
                     self._check_engine()
@@ -163,11 +217,7 @@ class PendingScores:
         finally:
             self.cancel()
         assert settled is not None
-        settled.raise_error()
-        metrics.channel_seconds.observe(max(0.0, time.monotonic() - self.sent_at - settled.queue_s
-                                            - settled.compute_s))
-        assert settled.scores is not None
-        return BatchedResult(settled.scores, settled.queue_s, settled.compute_s)
+        return settled
 
     def _check_engine(self) -> None:
         now = self.client.board.read(self.engine.index)
@@ -192,3 +242,31 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class ModelQueue:
+    """A multi-model endpoint's one model, as InferenceService sees its queue: the engines, with every request
+    naming the model."""
+
+    def __init__(self, client: EngineClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.max_queue_texts = client.max_queue_texts
+
+    @property
+    def alive(self) -> bool:
+        return self.client.alive
+
+    @property
+    def queued_texts(self) -> int:
+        return self.client.queued_texts
+
+    def why_not_alive(self) -> str:
+        return self.client.why_not_alive()
+
+    def admit(self, texts: int) -> None:
+        self.client.admit(texts)
+
+    def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
+               room: int | None = None) -> PendingScores:
+        return self.client.submit(encoded, timeout_s, wait_for_room, room, model=self.name)

@@ -54,8 +54,13 @@ def create() -> Flask:
     logging.config.dictConfig(LOG_CONFIG)
     model_dir = Path(settings.model_dir or ".")
 
+    client = EngineClient(run_dir, settings.max_queue_texts, max_in_flight=max(1, settings.threads // 2))
+    if settings.multi_model:
+        from serving.frontend.models import ModelSet
+
+        return create_app(settings, models=ModelSet(run_dir, settings, client))
+
     def build() -> Handler:
-        client = EngineClient(run_dir, settings.max_queue_texts, max_in_flight=max(1, settings.threads // 2))
         return Handler(InferenceService(load_text_side(model_dir, settings), settings, model_dir, queue=client))
 
     app = create_app(settings, build_handler=build, load_in_background=False)

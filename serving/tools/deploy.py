@@ -1,5 +1,8 @@
 """Deploy to SageMaker with boto3: S3 upload, model, endpoint config, endpoint, autoscaling; undeploy; transform.
 
+A multi-model endpoint (MME) is the same deployment with a model in `Mode: MultiModel` whose ModelDataUrl is
+the S3 prefix holding one .tar.gz per model; SageMaker fetches an archive on the first request naming it.
+
 Every AWS call goes through `AwsCalls`, which records it (and with dry_run only prints it), so what a
 deployment does is visible and testable. Autoscaling tracks SageMakerVariantInvocationsPerInstance
 (invocations per instance per minute) with target = measured capacity (req/s) x 60 x utilisation.
@@ -50,7 +53,7 @@ class Deployment:
     name: str
     image_uri: str
     role_arn: str
-    model_data: str  # s3:// URL or a local model.tar.gz to upload
+    model_data: str  # s3:// URL or a local model.tar.gz to upload; with multi_model an s3:// prefix
     instance_type: str
     instance_count: int = 1
     bucket: str | None = None
@@ -60,6 +63,7 @@ class Deployment:
     max_instances: int = 4
     startup_timeout_s: int = 600
     download_timeout_s: int = 600
+    multi_model: bool = False
 
 
 def invocations_target(capacity_rps: float, utilisation: float) -> float:
@@ -77,10 +81,30 @@ def upload(aws: AwsCalls, model_data: str, bucket: str | None, name: str) -> str
     return f"s3://{bucket}/{key}"
 
 
+def multi_model_prefix(model_data: str, bucket: str | None) -> str:
+    """The S3 prefix an MME loads its archives from; SageMaker joins it with TargetModel, hence the '/'.
+
+    Local folders are refused rather than uploaded: the archives' names are the TargetModel values clients
+    send, so putting them in S3 is left to the operator (`aws s3 sync`), not guessed here."""
+    if bucket:
+        raise ValueError("--bucket uploads a single local model.tar.gz; --multi-model takes an s3:// prefix "
+                         "that already holds the archives")
+    if not model_data.startswith("s3://") or not model_data.removeprefix("s3://").split("/", 1)[0]:
+        raise ValueError(f"--multi-model needs --model-data s3://BUCKET/PREFIX/ holding one .tar.gz per model, "
+                         f"not {model_data!r}: upload the archives first (aws s3 sync DIR s3://BUCKET/PREFIX/)")
+    return model_data if model_data.endswith("/") else model_data + "/"
+
+
 def deploy(d: Deployment, aws: AwsCalls, wait: bool = True, poll_s: float = 15) -> dict:
-    model_url = upload(aws, d.model_data, d.bucket, d.name)
-    aws("sagemaker", "create_model", ModelName=d.name, ExecutionRoleArn=d.role_arn,
-        PrimaryContainer={"Image": d.image_uri, "ModelDataUrl": model_url, "Environment": d.env})
+    container: dict[str, Any]
+    if d.multi_model:
+        model_url = multi_model_prefix(d.model_data, d.bucket)
+        container = {"Image": d.image_uri, "Mode": "MultiModel", "ModelDataUrl": model_url,
+                     "Environment": {**d.env, "SAGEMAKER_MULTI_MODEL": "true"}}
+    else:
+        model_url = upload(aws, d.model_data, d.bucket, d.name)
+        container = {"Image": d.image_uri, "ModelDataUrl": model_url, "Environment": d.env}
+    aws("sagemaker", "create_model", ModelName=d.name, ExecutionRoleArn=d.role_arn, PrimaryContainer=container)
     variant: dict[str, Any] = {
         "VariantName": "AllTraffic", "ModelName": d.name, "InstanceType": d.instance_type,
         "InitialInstanceCount": d.instance_count,

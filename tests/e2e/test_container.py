@@ -32,6 +32,7 @@ def test_dockerfile_declares_the_sagemaker_contract(dockerfile="Dockerfile"):
     text = (REPO / "docker" / dockerfile).read_text()
     assert "EXPOSE 8080" in text
     assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in text
+    assert "com.amazonaws.sagemaker.capabilities.multi-models=true" in text
     assert re.search(r"^HEALTHCHECK .*serving\.healthcheck", text, re.M)
     assert json.loads(re.search(r"^CMD (.*)$", text, re.M).group(1)) == ["serve"]
 
@@ -109,6 +110,37 @@ def test_the_image_serves_as_sagemaker_runs_it_and_stops_cleanly(podman, demo_di
         code = subprocess.run([podman, "inspect", "--format", "{{.State.ExitCode}}", name],
                               capture_output=True, text=True).stdout.strip()
         assert code == "0", subprocess.run([podman, "logs", name], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run([podman, "rm", "-f", name], capture_output=True)
+
+
+def test_the_image_serves_a_multi_model_endpoint(podman, demo_dir):
+    """SAGEMAKER_MULTI_MODEL=true as SageMaker sets it for a Mode MultiModel model: no model at start, the models'
+    folders under /opt/ml/models, loaded and invoked through the /models API."""
+    labels = subprocess.run([podman, "image", "inspect", "--format", "{{json .Labels}}", IMAGE], capture_output=True,
+                            text=True).stdout
+    assert json.loads(labels).get("com.amazonaws.sagemaker.capabilities.multi-models") == "true"
+    import requests
+
+    port = free_port()
+    name = f"toxserve-test-mme-{port}"
+    started = subprocess.run([podman, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-e",
+                              "SAGEMAKER_MULTI_MODEL=true", "-v", f"{demo_dir}:/opt/ml/models:ro", IMAGE, "serve"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    url = f"http://127.0.0.1:{port}"
+    try:
+        sys.path.insert(0, str(REPO / "docker"))
+        from smoke_test import wait_ready
+
+        wait_ready(url, 120)
+        loaded = requests.post(url + "/models", json={"model_name": "lstm", "url": "/opt/ml/models/rnn"}, timeout=120)
+        assert loaded.status_code == 200, loaded.text + subprocess.run([podman, "logs", name], capture_output=True,
+                                                                       text=True).stdout
+        answer = requests.post(url + "/models/lstm/invoke", json={"inputs": ["you are an idiot"]}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1, answer.text
+        assert requests.delete(url + "/models/lstm", timeout=60).status_code == 200
+        assert requests.get(url + "/models", timeout=10).json() == {"models": []}
     finally:
         subprocess.run([podman, "rm", "-f", name], capture_output=True)
 

@@ -17,6 +17,7 @@ from serving.board import Board, EngineState, error_path, socket_address
 from serving.config import Settings
 from serving.engine.endpoint import Endpoint
 from serving.engine.main import load_service
+from serving.engine.models import EngineModels
 from serving.errors import NotReady, QueueFull
 from serving.frontend.engines import EngineClient, EngineLost
 from serving.models.simulated import SimulatedAccelerator
@@ -34,7 +35,9 @@ def engine(tmp_path: Path, slow_ms: float = 0.0, **settings):
     service = load_service(Settings(**settings), 0, "cpu", 1)
     if slow_ms:  # after the warm-up: a device that takes this long per forward
         service.classifier.accelerator = SimulatedAccelerator(0, slow_ms, 0.0)
-    endpoint = Endpoint(service.batcher, socket_address(run_dir, 0), board, 0, drain_s=10)
+    models = EngineModels(Settings(**settings), "cpu", load_service=None)
+    models.add("", service)
+    endpoint = Endpoint(models, socket_address(run_dir, 0), board, 0, drain_s=10)
     thread = threading.Thread(target=endpoint.serve, daemon=True)
     thread.start()
     board.write(0, state=EngineState.READY)
@@ -175,3 +178,42 @@ def test_a_request_over_half_the_queue_goes_in_parts_and_counts_once_in_flight(d
         assert max(seen) == 1, max(seen)  # one request in flight, however many parts it sent
         assert client._in_flight == 0
         client.admit(1)
+
+
+def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(demo_dir, tmp_path):
+    from serving.channel import ControlReply, ControlRequest, pack, unpack
+    from serving.engine.main import load_service
+    from serving.errors import ModelExists, ModelNotFound
+
+    assert unpack(pack(ControlRequest(7, 42, "load", "m", "/x"))) == ControlRequest(7, 42, "load", "m", "/x")
+    assert unpack(pack(ControlReply(7, {"a": [1]}, "", ""))) == ControlReply(7, {"a": [1]}, "", "")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    board = Board.create(run_dir, 1)
+    board.write(0, pid=os.getpid(), state=EngineState.STARTING)
+    settings = Settings(backend="sim", multi_model=True)
+    models = EngineModels(settings, "cpu", lambda s, folder, name: load_service(s, 0, "cpu", 1, folder, name))
+    endpoint = Endpoint(models, socket_address(run_dir, 0), board, 0, drain_s=10)
+    thread = threading.Thread(target=endpoint.serve, daemon=True)
+    thread.start()
+    board.write(0, state=EngineState.READY)
+    client = EngineClient(run_dir, 2048, 8)
+    try:
+        [loaded] = client.control("load", "lstm", str(demo_dir / "rnn"), 30)
+        assert not loaded.error_kind and loaded.detail["family"] == "rnn"
+        [again] = client.control("load", "lstm", str(demo_dir / "rnn"), 30)
+        assert again.error_kind == "ModelExists"
+        with pytest.raises(ModelExists):
+            again.raise_error()
+        text_side = models._services["lstm"].classifier
+        assert client.submit(text_side.encode(TEXTS[:2]), 10, model="lstm").result(10).scores.shape == (2, 7)
+        with pytest.raises(ModelNotFound):
+            client.submit(text_side.encode(TEXTS[:1]), 10, model="other").result(10)
+        [unloaded] = client.control("unload", "lstm", "", 30)
+        assert unloaded.detail["drained"] is True
+        with pytest.raises(ModelNotFound):
+            client.submit(text_side.encode(TEXTS[:1]), 10, model="lstm").result(10)
+        assert client._in_flight == 0  # control requests leave nothing counted in flight
+    finally:
+        endpoint.stop()
+        thread.join(15)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import boto3
 import pytest
@@ -95,3 +96,56 @@ def test_transform_job_uses_json_lines(aws):
     assert job["TransformOutput"]["AssembleWith"] == "Line" and job["BatchStrategy"] == "MultiRecord"
     assert job["MaxPayloadInMB"] == 6 and job["ModelClientConfig"]["InvocationsTimeoutInSeconds"] == 600
     assert job["Environment"] == {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "6", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "595"}
+
+
+def test_multi_model_deploy_points_the_model_at_an_s3_prefix(aws):
+    calls = AwsCalls(region=REGION, log=lambda m: None)
+    deployment = Deployment(name="mme", image_uri=IMAGE, role_arn=ROLE, model_data="s3://models/tox-models",
+                            instance_type="ml.g4dn.xlarge", env={"SERVING_BACKEND": "onnx"}, capacity_rps=50,
+                            multi_model=True)
+    deploy(deployment, calls, poll_s=0)
+    (params,) = [params for service, op, params in calls.made if op == "create_model"]
+    assert params["PrimaryContainer"] == {
+        "Image": IMAGE, "Mode": "MultiModel", "ModelDataUrl": "s3://models/tox-models/",
+        "Environment": {"SERVING_BACKEND": "onnx", "SAGEMAKER_MULTI_MODEL": "true"}}
+    assert [op for service, op, params in calls.made if service == "s3"] == []  # nothing uploaded
+    assert deployment.env == {"SERVING_BACKEND": "onnx"}  # the caller's dict is left alone
+    sm = boto3.client("sagemaker", region_name=REGION)
+    assert sm.describe_model(ModelName="mme")["PrimaryContainer"]["Mode"] == "MultiModel"
+    (variant,) = [params for service, op, params in calls.made if op == "create_endpoint_config"][0][
+        "ProductionVariants"]
+    assert variant["InferenceAmiVersion"] == GPU_AMI and variant["ModelName"] == "mme"
+    assert sm.describe_endpoint(EndpointName="mme")["EndpointStatus"] == "InService"
+    scaling = boto3.client("application-autoscaling", region_name=REGION)
+    assert len(scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]) == 1
+    undeploy("mme", AwsCalls(region=REGION, log=lambda m: None))
+    assert sm.list_models()["Models"] == [] and sm.list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.parametrize("model_data, bucket, message", [
+    ("model_artifacts/demo", None, "needs --model-data s3://BUCKET/PREFIX/"),
+    ("s3://", None, "needs --model-data s3://BUCKET/PREFIX/"),
+    ("s3://models/tox-models/", "models", "--bucket uploads a single local model.tar.gz"),
+])
+def test_multi_model_refuses_what_is_not_an_s3_prefix_before_any_call(aws, model_data, bucket, message):
+    calls = AwsCalls(region=REGION, log=lambda m: None)
+    deployment = Deployment(name="mme", image_uri=IMAGE, role_arn=ROLE, model_data=model_data, bucket=bucket,
+                            instance_type="ml.c5.xlarge", multi_model=True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        deploy(deployment, calls)
+    assert calls.made == []
+
+
+def test_multi_model_flag_through_the_cli(aws):
+    base = ["deploy", "--name", "mme", "--image", IMAGE, "--role", ROLE, "--instance-type", "ml.c7g.large",
+            "--multi-model", "--dry-run", "--region", REGION]
+    result = CliRunner().invoke(main, [*base, "--model-data", "s3://models/tox-models/", "--env", "A=b"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("sagemaker.create_model(")]
+    container = json.loads(line.removeprefix("sagemaker.create_model(").removesuffix(")"))["PrimaryContainer"]
+    assert container["Mode"] == "MultiModel" and container["ModelDataUrl"] == "s3://models/tox-models/"
+    assert container["Environment"] == {"A": "b", "SAGEMAKER_MULTI_MODEL": "true"}
+    assert "sagemaker.create_endpoint(" in result.output
+    refused = CliRunner().invoke(main, [*base, "--model-data", "/tmp/models"])
+    assert refused.exit_code == 1 and "Error: --multi-model needs --model-data s3://" in refused.output
+    assert "Traceback" not in refused.output and "sagemaker." not in refused.output

@@ -43,3 +43,17 @@ def test_auto_padding_rule_is_the_break_even_point_on_cpu_and_no_bound_elsewhere
     assert PaddingRule.choose(-1, "cpu", token_bound) == PaddingRule(per_text=10.0)
     assert PaddingRule.choose(-1, "cpu", fixed_cost) == PaddingRule(per_text=1000.0)
     assert PaddingRule.choose(-1, "cpu", {10: 0.002, 100: 0.001}) == PaddingRule()  # noise: no per-token cost
+
+
+def test_multi_model_mode_is_read_as_sagemaker_sets_it():
+    assert Settings.from_env({"SAGEMAKER_MULTI_MODEL": "true"}).multi_model is True
+    assert Settings.from_env({"SAGEMAKER_MULTI_MODEL": "True"}).multi_model is True
+    assert Settings.from_env({"SAGEMAKER_MULTI_MODEL": "false"}).multi_model is False
+    assert Settings.from_env({}).multi_model is False
+    with pytest.raises(ValueError, match="SAGEMAKER_MULTI_MODEL"):
+        Settings.from_env({"SAGEMAKER_MULTI_MODEL": "maybe"})
+    with pytest.raises(ValueError, match="layout engines"):
+        Settings.from_env({"SAGEMAKER_MULTI_MODEL": "1", "SERVING_LAYOUT": "workers"})
+    settings = Settings.from_env({"SERVING_MULTI_MODEL": "yes", "SERVING_MODELS_ROOT": "/m",
+                                  "SERVING_MODELS_MEMORY_MB": "512"})
+    assert (settings.multi_model, settings.models_root, settings.models_memory_mb) == (True, "/m", 512.0)

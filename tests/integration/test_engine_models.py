@@ -1,0 +1,96 @@
+"""An engine's models (serving.engine.models): loaded and unloaded beside each other on simulated devices, memory
+checked before a load, queued requests finished before an unload, and a model the catalog lists reloaded."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.catalog import READY, Catalog, Entry
+from serving.config import Settings
+from serving.engine import models as engine_models
+from serving.engine.main import load_service
+from serving.engine.models import EngineModels
+from serving.errors import InsufficientMemory, ModelExists, ModelNotFound, NotReady
+
+TEXT = "thanks for the thoughtful reply"
+
+
+def engine_models_on_sim(tmp_path: Path, fixed_ms: float = 1.0, catalog: Catalog | None = None) -> EngineModels:
+    settings = Settings(backend="sim", sim_fixed_ms=fixed_ms, multi_model=True, models_root=str(tmp_path))
+    return EngineModels(settings, "cpu", lambda s, folder, name: load_service(s, 0, "cpu", 1, folder, name), catalog)
+
+
+def encoded(models: EngineModels, name: str, count: int = 1):
+    return models._services[name].classifier.encode([TEXT] * count)  # type: ignore[attr-defined]
+
+
+def test_models_load_beside_each_other_and_unload(demo_dir, tmp_path):
+    models = engine_models_on_sim(tmp_path)
+    detail = models.load("rob", demo_dir / "roberta")
+    assert detail["family"] == "roberta" and len(detail["labels"]) == 7 and detail["load_seconds"] > 0
+    assert detail["footprint"]["host_bytes"] > 0 and "host_bytes" in detail["measured"]
+    models.load("lstm", demo_dir / "rnn")
+    with pytest.raises(ModelExists):
+        models.load("rob", demo_dir / "roberta")
+    assert sorted(models.names) == ["lstm", "rob"]
+    for name in ("rob", "lstm"):
+        assert models.batcher(name).submit(encoded(models, name), 10).result(10).scores.shape == (1, 7)
+    with pytest.raises(ModelNotFound):
+        models.batcher("other")
+    assert models.unload("rob", drain_s=10)["drained"] is True
+    with pytest.raises(ModelNotFound):
+        models.batcher("rob")
+    with pytest.raises(ModelNotFound):
+        models.unload("rob", drain_s=10)
+    assert models.names == ["lstm"]
+    models.stop_all(5)
+
+
+def test_an_unload_finishes_the_requests_queued_for_the_model(demo_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_models, "UNLOAD_GRACE_S", 0.0)  # the drain alone, without the grace before it
+    models = engine_models_on_sim(tmp_path, fixed_ms=100)
+    models.load("rob", demo_dir / "roberta")
+    batcher = models.batcher("rob")
+    batcher.max_batch_size = 1  # one text per forward: the others wait in the queue
+    pending = [batcher.submit(encoded(models, "rob"), 30, inline=False) for _ in range(5)]
+    time.sleep(0.05)
+    assert batcher.queued_texts >= 3
+    started = time.monotonic()
+    assert models.unload("rob", drain_s=10)["drained"] is True
+    assert time.monotonic() - started >= 0.3  # it waited for them
+    assert [p.result(0).scores.shape for p in pending] == [(1, 7)] * 5
+    models.stop_all(5)
+
+
+def test_a_model_that_will_not_fit_is_refused_before_loading(demo_dir, tmp_path, monkeypatch):
+    models = engine_models_on_sim(tmp_path)
+    monkeypatch.setattr(engine_models, "free_memory", lambda on_gpu: {"host": 1024})
+    with pytest.raises(InsufficientMemory, match="MiB of host memory"):
+        models.load("rob", demo_dir / "roberta")
+    assert models.names == []
+    monkeypatch.setattr(engine_models, "free_memory", lambda on_gpu: {"host": 2**40, "device": 1024})
+    gpu = EngineModels(models.settings, "cuda", models._load_service)
+    with pytest.raises(InsufficientMemory, match="device memory"):
+        gpu._check_room("rob", {"device_bytes": 10_000, "host_bytes": 0}, on_gpu=True)
+    models.load("rob", demo_dir / "roberta")  # the name was not left taken by the refusal
+    models.stop_all(5)
+
+
+def test_a_model_the_catalog_lists_but_this_engine_lacks_is_loaded_on_its_first_request(demo_dir, tmp_path):
+    """An engine restarted while a model was being loaded elsewhere: its requests get 503 until it has it."""
+    catalog = Catalog(tmp_path)
+    with catalog.editing() as entries:
+        entries["lstm"] = Entry("lstm", str(demo_dir / "rnn"), "rnn", READY)
+    models = engine_models_on_sim(tmp_path, catalog=catalog)
+    with pytest.raises(NotReady, match="being loaded"):
+        models.batcher("lstm")
+    deadline = time.monotonic() + 30
+    while "lstm" not in models.names and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert models.batcher("lstm") is not None
+    with pytest.raises(ModelNotFound):  # not in the catalog: never loaded on demand
+        models.batcher("other")
+    models.stop_all(5)
