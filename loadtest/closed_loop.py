@@ -73,9 +73,11 @@ async def _connection(url, payloads, deadline, max_requests, counter, latencies,
         writer.close()
 
 
-async def _run(url: str, texts: list[str], concurrency: int, duration_s: float, max_requests: int) -> LoadResult:
+async def _run(url: str, texts: list[str], concurrency: int, duration_s: float, max_requests: int,
+               paths: list[str] | None) -> LoadResult:
     parts = urlsplit(url)
-    encoded = [request_bytes(parts.netloc, "/invocations", t) for t in texts]
+    encoded = [request_bytes(parts.netloc, path, t) for t, path in zip(texts, paths or ["/invocations"] * len(texts),
+                                                                       strict=True)]
     payloads = itertools.cycle(encoded)
     counter = itertools.count()
     latencies: list[float] = []
@@ -91,6 +93,7 @@ async def _run(url: str, texts: list[str], concurrency: int, duration_s: float, 
 
 
 def run_closed_loop(url: str, texts: list[str], concurrency: int, duration_s: float,
-                    max_requests: int = 1_000_000) -> LoadResult:
-    """Bounded in time and count; one text per request, cycling through `texts`."""
-    return asyncio.run(_run(url, texts, concurrency, duration_s, max_requests))
+                    max_requests: int = 1_000_000, paths: list[str] | None = None) -> LoadResult:
+    """Bounded in time and count; one text per request, cycling through `texts` (each sent to its entry in
+    `paths`, a multi-model endpoint's /models/NAME/invoke say; default /invocations)."""
+    return asyncio.run(_run(url, texts, concurrency, duration_s, max_requests, paths))

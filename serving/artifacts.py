@@ -123,7 +123,7 @@ def load_classifier(
     path: str | os.PathLike | None = None, device: str = "cpu", max_length: int | None = None,
     backend: str = "auto", variant: str = "fp32", threads: int = 1, dtype: str = "auto",
     provider: str = "cuda", cache_dir: str = "", max_text_chars: int = 0, max_word_chars: int = 0,
-    max_batch_size: int = 256, accelerator=None,
+    max_batch_size: int = 256, accelerator=None, spin: bool = True,
 ) -> Classifier:
     """Resolve, detect and load: the one call the CLI and the server make.
 
@@ -131,12 +131,13 @@ def load_classifier(
     only when their scores agree with fp32 on the same device (serving.engine.precision), else fp32 with the reason.
     `max_text_chars` / `max_word_chars` (LSTM) override the input caps (0: the model's defaults);
     `max_batch_size` bounds the shapes TensorRT's engine is built for; `accelerator` (a SimulatedAccelerator)
-    is the device of backend sim (default: device 0 at the default costs)."""
+    is the device of backend sim (default: device 0 at the default costs); `spin` False keeps ONNX Runtime's CPU
+    threads from spinning between forwards (serving.models.onnx_runtime.open_session)."""
     if backend == "sim":
         classifier = _load_simulated(path, max_length, accelerator)
     else:
         classifier = _load(path, device, max_length, backend, variant, threads, dtype, provider, cache_dir,
-                           max_batch_size)
+                           max_batch_size, spin)
     return with_input_caps(classifier, max_text_chars, max_word_chars)
 
 
@@ -161,7 +162,7 @@ def _load_simulated(path, max_length: int | None, accelerator) -> Classifier:
 
 
 def _load(path, device: str, max_length: int | None, backend: str, variant: str, threads: int, dtype: str,
-          provider: str, cache_dir: str, max_batch_size: int) -> Classifier:
+          provider: str, cache_dir: str, max_batch_size: int, spin: bool = True) -> Classifier:
     model_dir = resolve_model_dir(path)
     family = detect_family(model_dir)
     if backend == "auto":
@@ -182,7 +183,7 @@ def _load(path, device: str, max_length: int | None, backend: str, variant: str,
 
         def load_onnx(chosen: str) -> Classifier:
             return runtime(model_dir, device=device, max_length=max_length, variant=chosen, threads=threads,
-                           provider=provider, cache_dir=cache_dir, max_batch_size=max_batch_size)
+                           provider=provider, cache_dir=cache_dir, max_batch_size=max_batch_size, spin=spin)
 
         if on_gpu and variant == "fp16":
             from serving.engine.precision import choose_half_or_full

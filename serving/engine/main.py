@@ -127,7 +127,8 @@ def load_service(settings: Settings, index: int, device: str, engines: int, mode
                                  variant=s.onnx_variant, threads=threads, dtype=s.torch_dtype,
                                  provider=s.onnx_provider, cache_dir=s.onnx_cache_dir,
                                  max_text_chars=s.max_text_chars, max_word_chars=s.max_word_chars,
-                                 max_batch_size=s.max_batch_size, accelerator=accelerator)
+                                 max_batch_size=s.max_batch_size, accelerator=accelerator,
+                                 spin=not s.multi_model)  # many models' thread pools share the cores
 
     queued = metrics.engine_queue.labels(str(index))
     by_model = metrics.model_batch_size.labels(name) if name else None

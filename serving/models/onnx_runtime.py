@@ -120,9 +120,11 @@ def verify_providers(session, asked: list) -> None:
 
 
 def open_session(path: Path, device: str, threads: int, provider: str = "cuda", cache_dir: Path | None = None,
-                 shapes: ShapeRange | None = None):
+                 shapes: ShapeRange | None = None, spin: bool = True):
     """An InferenceSession on CUDA (or TensorRT, when asked) or the CPU with `threads` intra-op threads; a load
-    error when the accelerator asked for is not what the session got."""
+    error when the accelerator asked for is not what the session got. `spin` False: the intra-op threads sleep
+    between forwards instead of spinning (each session has its own pool, so several sessions in one process, a
+    multi-model engine's, would otherwise burn the cores the busy one needs)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -137,6 +139,8 @@ def open_session(path: Path, device: str, threads: int, provider: str = "cuda", 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -178,13 +182,13 @@ class OnnxSession:
 
     def __init__(self, model_dir: Path, device: str = "cpu", max_length: int | None = None,
                  variant: str = "fp32", threads: int = 1, graph: Path | None = None, provider: str = "cuda",
-                 cache_dir: str = "", max_batch_size: int = 256) -> None:
+                 cache_dir: str = "", max_batch_size: int = 256, spin: bool = True) -> None:
         super().__init__(model_dir, device, max_length)  # type: ignore[call-arg]
         self.variant = variant
         dim = getattr(getattr(self, "vectors", None), "dim", 0)
         shapes = ShapeRange(self.inputs, max_batch_size, self.max_length, feature_dim=dim, fp16=variant == "fp16")
         self.session = open_session(graph or onnx_path(model_dir, variant), device, threads, provider,
-                                    Path(cache_dir) if cache_dir else None, shapes)
+                                    Path(cache_dir) if cache_dir else None, shapes, spin)
 
 
 class OnnxRobertaClassifier(OnnxSession, RobertaText):

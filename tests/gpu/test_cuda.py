@@ -38,3 +38,24 @@ def test_onnx_on_the_cuda_provider(roberta_dir):
     assert onnx.session.get_providers()[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     reference = load_classifier(roberta_dir).predict(TEXTS[:32])
     assert np.abs(onnx.predict(TEXTS[:32]) - reference).max() < 0.05
+
+
+def test_a_multi_model_engine_frees_device_memory_on_unload(demo_dir, tmp_path):
+    """Twenty loads and unloads of the demo RoBERTa on the GPU leave torch's allocator where one load left it, and
+    each unload gives back (near) what its load took."""
+    import torch
+
+    from serving.config import Settings
+    from serving.engine.main import load_service
+    from serving.engine.models import EngineModels
+
+    settings = Settings(multi_model=True, backend="torch", models_root=str(tmp_path))
+    models = EngineModels(settings, "cuda", lambda s, folder, name: load_service(s, 0, "cuda", 1, folder, name))
+    models.load("warm", demo_dir / "roberta")
+    models.unload("warm", drain_s=5)
+    baseline = torch.cuda.memory_reserved()
+    for _ in range(20):
+        taken = models.load("cycled", demo_dir / "roberta")["measured"]["device_bytes"]
+        freed = models.unload("cycled", drain_s=5)["freed"]["device_bytes"]
+        assert taken > 0 and freed >= 0.9 * taken, (taken, freed)
+    assert torch.cuda.memory_reserved() <= baseline * 1.05 + 2**20
