@@ -58,6 +58,7 @@ class Entry:
     state: str
     footprint: dict = field(default_factory=dict)
     loaded: list[dict] = field(default_factory=list)
+    generation: str = ""  # which load of the name this is: a name unloaded and loaded again is a new model
 
     @property
     def estimated_bytes(self) -> int:
@@ -86,6 +87,11 @@ class Catalog:
 
     def get(self, name: str) -> Entry | None:
         return self.entries().get(name)
+
+    @property
+    def version(self) -> tuple[int, int] | None:
+        """Changes whenever the file is replaced (as of the last entries() call)."""
+        return self._seen
 
     def _read(self) -> dict[str, Entry]:
         try:

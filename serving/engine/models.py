@@ -93,13 +93,23 @@ class EngineModels:
                 self._busy.discard(name)
 
     def _load_quietly(self, name: str, model_dir: Path) -> None:
+        """A load on demand (see _missing); a model unloaded from the catalog meanwhile is let go again."""
         try:
             self._load(name, model_dir)
+            entry = self.catalog.get(name) if self.catalog is not None else None
+            if entry is None or entry.state != READY:
+                self._drop(name)
         except Exception:
             log.exception("could not reload model %s", name)
         finally:
             with self._lock:
                 self._busy.discard(name)
+
+    def _drop(self, name: str) -> None:
+        service = self._services.pop(name, None)
+        if service is not None:
+            service.stop(0.1)  # type: ignore[attr-defined]
+            log.info("model %s was unloaded while this engine loaded it; let go", name)
 
     def _load(self, name: str, model_dir: Path) -> dict:
         s = self.settings

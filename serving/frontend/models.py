@@ -11,7 +11,9 @@ model's queued requests finish and frees it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from pathlib import Path
 
 from serving.artifacts import detect_family
@@ -34,7 +36,8 @@ class ModelSet:
         self.settings = settings
         self.client = client
         self.root = Path(settings.models_root)
-        self._handlers: dict[str, tuple[str, Handler]] = {}  # name -> (folder, its handler here)
+        self._handlers: dict[str, tuple[str, Handler]] = {}  # name -> (its load's generation, its handler here)
+        self._pruned_at: tuple[int, int] | None = None  # the catalog version the handlers were last checked against
         self._lock = threading.Lock()
 
     @property
@@ -48,17 +51,18 @@ class ModelSet:
     def handler(self, name: str) -> Handler:
         """The loaded model's handler; 404 before any work when no such model is loaded."""
         entry = self.catalog.get(name)
+        if self.catalog.version != self._pruned_at:
+            self._forget_unlisted()
         if entry is None or entry.state != READY:
             raise ModelNotFound(f"model {name!r} is not loaded"
                                 + (f" (it is {entry.state})" if entry is not None else ""))
         known = self._handlers.get(name)
-        if known is not None and known[0] == entry.path:
+        if known is not None and known[0] == entry.generation:
             return known[1]
         with self._lock:
             known = self._handlers.get(name)
-            if known is None or known[0] != entry.path:
-                self._forget_unlisted()
-                known = self._handlers[name] = (entry.path, self._build(name, Path(entry.path)))
+            if known is None or known[0] != entry.generation:
+                known = self._handlers[name] = (entry.generation, self._build(name, Path(entry.path)))
         return known[1]
 
     def _build(self, name: str, model_dir: Path) -> Handler:
@@ -68,10 +72,13 @@ class ModelSet:
         return Handler(InferenceService(text_side, self.settings, model_dir, queue=ModelQueue(self.client, name)))
 
     def _forget_unlisted(self) -> None:
-        """Text sides of models no longer loaded are dropped (lock held)."""
-        listed = self.catalog.entries()
-        for name in [n for n, (path, _) in self._handlers.items() if n not in listed or listed[n].path != path]:
-            del self._handlers[name]
+        """Text sides of models no longer loaded (or loaded again since) are dropped, once per catalog change."""
+        with self._lock:
+            listed = self.catalog.entries()
+            self._pruned_at = self.catalog.version
+            for name in [n for n, (generation, _) in self._handlers.items()
+                         if n not in listed or listed[n].generation != generation]:
+                del self._handlers[name]
 
     # the /models API
     def load(self, body: object) -> dict:
@@ -107,7 +114,7 @@ class ModelSet:
             entry.state = READY
             entry.loaded = [r.detail or {} for r in replies]
         with self._lock:
-            self._handlers[name] = (str(model_dir), handler)
+            self._handlers[name] = (entry.generation, handler)
         log.info("model %s loaded from %s on %d engine(s)", name, model_dir, len(replies))
         return self.describe(name)
 
@@ -118,7 +125,8 @@ class ModelSet:
             if name in entries:
                 raise ModelExists(f"model {name!r} is already loaded" + (
                     "" if entries[name].state == READY else f" (it is {entries[name].state})"))
-            entry = Entry(name, str(model_dir), family, LOADING, footprint)
+            entry = Entry(name, str(model_dir), family, LOADING, footprint,
+                          generation=f"{time.time_ns()}-{os.getpid()}")
             held = sum(e.estimated_bytes for e in entries.values())
             if budget and held + entry.estimated_bytes > budget:
                 raise InsufficientMemory(

@@ -94,3 +94,28 @@ def test_a_model_the_catalog_lists_but_this_engine_lacks_is_loaded_on_its_first_
     with pytest.raises(ModelNotFound):  # not in the catalog: never loaded on demand
         models.batcher("other")
     models.stop_all(5)
+
+
+def test_a_model_unloaded_while_this_engine_loaded_it_on_demand_is_let_go(demo_dir, tmp_path):
+    import threading
+
+    catalog = Catalog(tmp_path)
+    with catalog.editing() as entries:
+        entries["lstm"] = Entry("lstm", str(demo_dir / "rnn"), "rnn", READY)
+    release = threading.Event()
+    settings = Settings(backend="sim", multi_model=True, models_root=str(tmp_path))
+
+    def slow_load(s, folder, name):
+        release.wait(10)
+        return load_service(s, 0, "cpu", 1, folder, name)
+
+    models = EngineModels(settings, "cpu", slow_load, catalog)
+    with pytest.raises(NotReady):
+        models.batcher("lstm")
+    with catalog.editing() as entries:  # unloaded elsewhere while this engine was still loading it
+        del entries["lstm"]
+    release.set()
+    deadline = time.monotonic() + 30
+    while models._busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert models.names == [] and not models._busy
