@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import mmap
 import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from serving.errors import BadRequest, ModelNotFound
 CATALOG_FILE = "models.json"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOADING, READY, UNLOADING = "loading", "ready", "unloading"
+VERSION = struct.Struct("<q")
 
 
 def check_name(name: object) -> str:
@@ -33,17 +36,36 @@ def check_name(name: object) -> str:
 
 
 def resolve_model_url(url: object, root: Path) -> Path:
-    """The folder `url` names (a path, or file:// URL), which must resolve inside `root` (links followed first);
-    nothing outside it is read."""
-    if not isinstance(url, str) or not url:
-        raise BadRequest(f"url must be the model's folder, got {url!r}")
+    """The folder `url` names (a path, or file:// URL), which must resolve inside `root` (links followed first),
+    as must every file in it: nothing outside the root is read."""
+    if not isinstance(url, str) or not url or "\0" in url or len(url) > 4096:
+        raise BadRequest(f"url must be the model's folder (a path of at most 4096 characters), got {url[:200]!r}"
+                         if isinstance(url, str) else f"url must be the model's folder, got {url!r}")
     path = Path(url.removeprefix("file://"))
-    resolved = (root / path).resolve() if not path.is_absolute() else path.resolve()
     root = root.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise BadRequest(f"url {url!r} is outside the models' folder {root}")
-    if not (resolved / "config.json").is_file():
-        raise ModelNotFound(f"{url}: no model there (no config.json)")
+    try:
+        resolved = (root / path).resolve()  # an absolute path stays itself
+        if not _inside(resolved, root):
+            raise BadRequest(f"url {url!r} is outside the models' folder {root}")
+        if not (resolved / "config.json").is_file():
+            raise ModelNotFound(f"{url}: no model there (no config.json)")
+        for item in resolved.rglob("*"):
+            if item.is_symlink() and not _inside(item.resolve(), root):
+                raise BadRequest(f"url {url!r}: {item.relative_to(resolved)} links outside the models' folder")
+    except OSError as exc:  # a name too long for the file system, a folder it may not read
+        raise BadRequest(f"url {url[:200]!r} cannot be read ({exc.strerror or exc})") from exc
+    return resolved
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_inside(path: Path, root: Path, what: str) -> Path:
+    """A file a model's config names (the LSTM's vectors, say), which must stay inside the models' folder."""
+    resolved = path.resolve()
+    if not _inside(resolved, root.resolve()):
+        raise BadRequest(f"{what} {path} is outside the models' folder {root}")
     return resolved
 
 
@@ -59,6 +81,7 @@ class Entry:
     footprint: dict = field(default_factory=dict)
     loaded: list[dict] = field(default_factory=list)
     generation: str = ""  # which load of the name this is: a name unloaded and loaded again is a new model
+    owner: int = 0  # the front end (pid) loading or unloading it
 
     @property
     def estimated_bytes(self) -> int:
@@ -69,29 +92,28 @@ class Catalog:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / CATALOG_FILE
         self.lock_path = run_dir / (CATALOG_FILE + ".lock")
-        self._seen: tuple[int, int] | None = None
+        counter = run_dir / (CATALOG_FILE + ".version")  # bumped by every edit: readers compare 8 mapped bytes
+        with counter.open("a+b") as f:
+            if os.fstat(f.fileno()).st_size < VERSION.size:
+                f.truncate(VERSION.size)
+            self._version_map = mmap.mmap(f.fileno(), VERSION.size)
+        self._seen = -1
         self._entries: dict[str, Entry] = {}
 
+    @property
+    def version(self) -> int:
+        return VERSION.unpack_from(self._version_map)[0]
+
     def entries(self) -> dict[str, Entry]:
-        """The current models by name: one stat per call, a read only when the file was replaced."""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            self._seen, self._entries = None, {}
-            return self._entries
-        key = (stat.st_ino, stat.st_mtime_ns)
-        if key != self._seen:
+        """The current models by name; the file is read again only after an edit."""
+        version = self.version
+        if version != self._seen:
             self._entries = self._read()
-            self._seen = key
+            self._seen = version
         return self._entries
 
     def get(self, name: str) -> Entry | None:
         return self.entries().get(name)
-
-    @property
-    def version(self) -> tuple[int, int] | None:
-        """Changes whenever the file is replaced (as of the last entries() call)."""
-        return self._seen
 
     def _read(self) -> dict[str, Entry]:
         try:
@@ -110,6 +132,20 @@ class Catalog:
             temporary = self.path.with_name(f".{CATALOG_FILE}.{os.getpid()}")
             temporary.write_text(json.dumps({name: asdict(e) for name, e in entries.items()}))
             os.replace(temporary, self.path)
+            VERSION.pack_into(self._version_map, 0, self.version + 1)
+
+
+def abandoned(entry: Entry) -> bool:
+    """A load or unload whose front end died before finishing it (its entry would otherwise hold the name)."""
+    if entry.state == READY or not entry.owner:
+        return False
+    try:
+        os.kill(entry.owner, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def estimate_footprint(model_dir: Path, family: str, max_batch_tokens: int, max_batch_size: int,

@@ -68,6 +68,7 @@ class ControlRequest:
     op: str
     name: str
     path: str = ""
+    generation: str = ""  # the catalog entry's: which load of the name this is about
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +94,11 @@ def _raise(error_kind: str, message: str) -> None:
 
 
 def failure_reply(request_id: int, exc: BaseException, kind: type = ScoreReply):
-    """`kind` ScoreReply or ControlReply, carrying `exc` by its serving.errors class name."""
+    """`kind` ScoreReply or ControlReply, carrying `exc` by the name of its nearest serving.errors class (a
+    subclass defined elsewhere, the front end's EngineLost say, travels as its base, so it keeps its status)."""
     if isinstance(exc, errors.ServingError):
-        return kind(request_id, error_kind=type(exc).__name__, error_message=exc.message)
+        known = next(k for k in type(exc).__mro__ if getattr(errors, k.__name__, None) is k)
+        return kind(request_id, error_kind=known.__name__, error_message=exc.message)
     return kind(request_id, error_kind="internal", error_message=f"{type(exc).__name__}: {exc}")
 
 
@@ -111,7 +114,8 @@ def pack(record: Record) -> bytes:
         plain: tuple = (REQUEST, record.request_id, record.engine_pid, record.deadline, arrays, features,
                         record.lengths, record.wait_for_room, record.room, record.model)
     elif isinstance(record, ControlRequest):
-        plain = (CONTROL, record.request_id, record.engine_pid, record.op, record.name, record.path)
+        plain = (CONTROL, record.request_id, record.engine_pid, record.op, record.name, record.path,
+                 record.generation)
     elif isinstance(record, ControlReply):
         plain = (CONTROL_REPLY, record.request_id, record.detail, record.error_kind, record.error_message)
     else:

@@ -154,9 +154,9 @@ class Endpoint:
         """A model's load or unload, off the I/O thread (the other models keep serving meanwhile)."""
         try:
             if request.op == "load":
-                detail = self.models.load(request.name, Path(request.path))
+                detail = self.models.load(request.name, Path(request.path), request.generation)
             elif request.op == "unload":
-                detail = self.models.unload(request.name, self.drain_s)
+                detail = self.models.unload(request.name, self.drain_s, request.generation)
             else:
                 raise ValueError(f"unknown operation {request.op!r}")
             reply = ControlReply(request.request_id, detail)

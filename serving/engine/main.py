@@ -7,6 +7,7 @@ LOAD_FAILED when the model cannot be loaded (the supervisor then reports it on /
 
 from __future__ import annotations
 
+import itertools
 import logging
 import logging.config
 import os
@@ -48,18 +49,20 @@ def main(argv: list[str]) -> int:
     from serving.engine.models import EngineModels
 
     endpoint = None
+    forwards = Forwards(board, index)
 
     def load(s: Settings, model_dir: Path, name: str):
         service = load_service(s, index, device, board.engines, model_dir, name)
         # answer 503s, drain, exit: a fresh engine follows (and reloads a multi-model endpoint's models)
         service.on_device_failure = lambda reason: endpoint.stop() if endpoint is not None else None
-        watch_forwards(service, board, index)
+        forwards.watch(service)
         return service
 
     models = EngineModels(settings, device, load, Catalog(run_dir) if settings.multi_model else None)
     try:
         if settings.multi_model:
             reload_models(models, index)
+            threading.Thread(target=models.reconcile_forever, name="reconcile", daemon=True).start()
         else:
             models.add("", load(settings, Path(settings.model_dir or "."), ""))
     except Exception as exc:
@@ -99,7 +102,7 @@ def reload_models(models, index: int) -> None:
         if entry.state != READY:
             continue
         try:
-            models.load(name, Path(entry.path))
+            models.load(name, Path(entry.path), entry.generation)
         except Exception:
             log.exception("engine %d could not reload model %s", index, name)
 
@@ -145,15 +148,30 @@ def load_service(settings: Settings, index: int, device: str, engines: int, mode
     return service
 
 
-def watch_forwards(service, board: Board, index: int) -> None:
-    """Stamp each forward's start on the board, so a forward stuck in a device call is seen (STUCK_S)."""
-    run_batch = service.batcher.run_batch
+class Forwards:
+    """Stamps on the board when the oldest forward still running started (0 when none runs), so a forward stuck in a
+    device call is seen (STUCK_S) even while other models' forwards start and end beside it."""
 
-    def timed(batch):
-        board.forward(index, time.monotonic())
-        try:
-            return run_batch(batch)
-        finally:
-            board.forward(index, 0.0)
+    def __init__(self, board: Board, index: int) -> None:
+        self.board = board
+        self.index = index
+        self._running: dict[int, float] = {}  # id of the forward -> its start
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
 
-    service.batcher.run_batch = timed
+    def watch(self, service) -> None:
+        run_batch = service.batcher.run_batch
+
+        def timed(batch):
+            key = next(self._ids)
+            with self._lock:
+                self._running[key] = time.monotonic()
+                self.board.forward(self.index, min(self._running.values()))
+            try:
+                return run_batch(batch)
+            finally:
+                with self._lock:
+                    del self._running[key]
+                    self.board.forward(self.index, min(self._running.values(), default=0.0))
+
+        service.batcher.run_batch = timed

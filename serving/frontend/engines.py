@@ -115,24 +115,28 @@ class EngineClient:
         self._started_waiting()
         return PendingScores(self, socket, engine, request.request_id)
 
-    def control(self, op: str, name: str, path: str, timeout_s: float) -> list[ControlReply]:
-        """Load or unload a multi-model endpoint's model on every engine, side by side; each engine's reply (in
-        engine order), or the first error raised after every engine has answered. Every engine must be serving."""
+    def control(self, op: str, name: str, path: str, generation: str, timeout_s: float,
+                every_engine: bool = True) -> list[ControlReply]:
+        """Load or unload a multi-model endpoint's model on the engines, side by side: every engine (503 unless all
+        are serving), or with `every_engine` False those serving now (the others hold nothing of it once they
+        have compared their models with the catalog). Each engine's reply, errors included."""
         states = self.board.all()
-        if not all(s.serving for s in states):
+        if every_engine and not all(s.serving for s in states):
             raise NotReady(f"every engine must be up to {op} a model: {self.why_not_alive()}")
-        pending = []
-        for engine in states:
-            request = ControlRequest(next(self._ids), engine.pid, op, name, path)
-            socket = self._socket(engine.index)
-            try:
-                socket.send(pack(request), zmq.NOBLOCK)
-            except zmq.Again as exc:
-                raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
-            self._started_waiting()
-            pending.append(PendingScores(self, socket, engine, request.request_id))
+        pending: list[PendingScores] = []
         replies: list[ControlReply] = []
         try:
+            for engine in [s for s in states if s.serving]:
+                request = ControlRequest(next(self._ids), engine.pid, op, name, path, generation)
+                socket = self._socket(engine.index)
+                try:
+                    socket.send(pack(request), zmq.NOBLOCK)
+                except zmq.Again:
+                    replies.append(failure_reply(request.request_id, EngineLost(
+                        f"engine {engine.index} is not taking requests; retry"), ControlReply))
+                    continue
+                self._started_waiting()
+                pending.append(PendingScores(self, socket, engine, request.request_id))
             for waiting in pending:
                 try:
                     reply = waiting.reply(timeout_s)

@@ -10,6 +10,7 @@ model's queued requests finish and frees it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -17,9 +18,20 @@ import time
 from pathlib import Path
 
 from serving.artifacts import detect_family
-from serving.catalog import LOADING, READY, UNLOADING, Catalog, Entry, check_name, estimate_footprint, resolve_model_url
+from serving.catalog import (
+    LOADING,
+    READY,
+    UNLOADING,
+    Catalog,
+    Entry,
+    abandoned,
+    check_inside,
+    check_name,
+    estimate_footprint,
+    resolve_model_url,
+)
 from serving.config import Settings
-from serving.errors import BadRequest, InsufficientMemory, ModelExists, ModelLoadError, ModelNotFound
+from serving.errors import BadRequest, InsufficientMemory, ModelExists, ModelLoadError, ModelNotFound, NotReady
 from serving.frontend.engines import EngineClient, ModelQueue
 from serving.frontend.handlers import Handler
 from serving.service import InferenceService
@@ -37,7 +49,7 @@ class ModelSet:
         self.client = client
         self.root = Path(settings.models_root)
         self._handlers: dict[str, tuple[str, Handler]] = {}  # name -> (its load's generation, its handler here)
-        self._pruned_at: tuple[int, int] | None = None  # the catalog version the handlers were last checked against
+        self._pruned_at = -1  # the catalog version the handlers were last checked against
         self._lock = threading.Lock()
 
     @property
@@ -86,72 +98,109 @@ class ModelSet:
             raise BadRequest('the body must be a JSON object: {"model_name": NAME, "url": FOLDER}')
         name = check_name(body.get("model_name"))
         model_dir = resolve_model_url(body.get("url"), self.root)
-        try:
-            family = detect_family(model_dir)
-        except ModelLoadError as exc:
-            raise ModelNotFound(f"{body.get('url')}: no model there ({exc.message})") from exc
-        s = self.settings
-        footprint = estimate_footprint(model_dir, family, s.max_batch_tokens, s.max_batch_size, on_gpu=False)
-        self._reserve(name, model_dir, family, footprint)
+        family, footprint = self._inspect(model_dir, str(body.get("url")))
+        generation = self._reserve(name, model_dir, family, footprint)
         try:
             if family == "rnn":
                 from serving.models.rnn_text import prepare_shared_vectors
 
                 prepare_shared_vectors(model_dir)  # once, before the engines and other front ends map them
             handler = self._build(name, model_dir)
-            replies = self.client.control("load", name, str(model_dir), LOAD_TIMEOUT_S)
+            replies = self.client.control("load", name, str(model_dir), generation, LOAD_TIMEOUT_S)
             failed = [r for r in replies if r.error_kind]
             if failed:
-                if len(failed) < len(replies):  # the engines that did load it give it back
-                    self.client.control("unload", name, "", LOAD_TIMEOUT_S)
                 failed[0].raise_error()
         except BaseException:
+            # Out of the catalog first: an engine that loaded it (or finishes loading it after a timeout) lets it
+            # go when it next compares its models with the catalog, even one that this unload cannot reach.
             with self.catalog.editing() as entries:
-                entries.pop(name, None)
+                if entries.get(name) is not None and entries[name].generation == generation:
+                    del entries[name]
+            self._quietly_unload(name, generation)
             raise
         with self.catalog.editing() as entries:
             entry = entries[name]
             entry.state = READY
             entry.loaded = [r.detail or {} for r in replies]
         with self._lock:
-            self._handlers[name] = (entry.generation, handler)
+            self._handlers[name] = (generation, handler)
         log.info("model %s loaded from %s on %d engine(s)", name, model_dir, len(replies))
         return self.describe(name)
 
-    def _reserve(self, name: str, model_dir: Path, family: str, footprint: dict) -> None:
-        """The name (409 if taken) and, with a memory budget, the estimated footprint (507 if over)."""
+    def _inspect(self, model_dir: Path, url: str) -> tuple[str, dict]:
+        """The folder's family and estimated footprint; 404 for a folder that holds no model this server knows."""
+        try:
+            family = detect_family(model_dir)
+            if family == "rnn":
+                config = json.loads((model_dir / "config.json").read_text())
+                check_inside(model_dir / str(config.get("embeddings_file", "vectors.bin")), self.root,
+                             "the LSTM's embeddings_file")
+            s = self.settings
+            return family, estimate_footprint(model_dir, family, s.max_batch_tokens, s.max_batch_size, on_gpu=False)
+        except BadRequest:
+            raise
+        except Exception as exc:  # ModelLoadError, or a config.json of the wrong shape
+            reason = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            raise ModelNotFound(f"{url}: no model there ({reason})") from exc
+
+    def _reserve(self, name: str, model_dir: Path, family: str, footprint: dict) -> str:
+        """The name (409 if loaded or loading, 503 while it is being unloaded) and, with a memory budget, the
+        estimated footprint (507 if over); returns this load's generation."""
         budget = int(self.settings.models_memory_mb * 2**20)
         with self.catalog.editing() as entries:
-            if name in entries:
+            held = entries.get(name)
+            if held is not None and abandoned(held):
+                log.warning("model %s: the front end that was %s it is gone; freeing the name", name,
+                            "loading" if held.state == LOADING else "unloading")
+                del entries[name]
+            elif held is not None and held.state == UNLOADING:
+                raise NotReady(f"model {name!r} is being unloaded; retry")
+            elif held is not None:
                 raise ModelExists(f"model {name!r} is already loaded" + (
-                    "" if entries[name].state == READY else f" (it is {entries[name].state})"))
+                    "" if held.state == READY else f" (it is {held.state})"))
             entry = Entry(name, str(model_dir), family, LOADING, footprint,
-                          generation=f"{time.time_ns()}-{os.getpid()}")
-            held = sum(e.estimated_bytes for e in entries.values())
-            if budget and held + entry.estimated_bytes > budget:
+                          generation=f"{time.time_ns()}-{os.getpid()}", owner=os.getpid())
+            in_use = sum(e.estimated_bytes for e in entries.values())
+            if budget and in_use + entry.estimated_bytes > budget:
                 raise InsufficientMemory(
                     f"model {name!r} needs about {entry.estimated_bytes / 2**20:.0f} MiB; the loaded models hold "
-                    f"{held / 2**20:.0f} MiB of the {budget / 2**20:.0f} MiB budget (models_memory_mb)")
+                    f"{in_use / 2**20:.0f} MiB of the {budget / 2**20:.0f} MiB budget (models_memory_mb)")
             entries[name] = entry
+            return entry.generation
+
+    def _quietly_unload(self, name: str, generation: str) -> list:
+        """Unload from the engines serving now; what they answer is logged, never raised."""
+        try:
+            replies = self.client.control("unload", name, "", generation, LOAD_TIMEOUT_S, every_engine=False)
+        except Exception:
+            log.exception("model %s: unloading from the engines failed; they let it go on their own", name)
+            return []
+        trouble = [r.error_message for r in replies if r.error_kind and r.error_kind != ModelNotFound.__name__]
+        if trouble:
+            log.warning("model %s: unloading from the engines: %s", name, trouble)
+        return replies
 
     def unload(self, name: str) -> dict:
         check_name(name)
         with self.catalog.editing() as entries:
             entry = entries.get(name)
+            if entry is not None and abandoned(entry):
+                del entries[name]
+                entry = None
             if entry is None or entry.state != READY:
                 raise ModelNotFound(f"model {name!r} is not loaded"
                                     + (f" (it is {entry.state})" if entry is not None else ""))
             entry.state = UNLOADING  # every front end answers its new requests 404 from now on
+            entry.owner = os.getpid()
+            generation = entry.generation
         try:
-            replies = self.client.control("unload", name, "", LOAD_TIMEOUT_S)
+            replies = self._quietly_unload(name, generation)
         finally:
             with self.catalog.editing() as entries:
-                entries.pop(name, None)
+                if entries.get(name) is not None and entries[name].generation == generation:
+                    del entries[name]
             with self._lock:
                 self._handlers.pop(name, None)
-        errors = [r for r in replies if r.error_kind and r.error_kind != ModelNotFound.__name__]
-        if errors:
-            log.warning("model %s unloaded with errors: %s", name, [r.error_message for r in errors])
         log.info("model %s unloaded", name)
         return {"modelName": name, "freed": [r.detail for r in replies if r.detail]}
 

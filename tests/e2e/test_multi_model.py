@@ -172,6 +172,16 @@ def test_loading_a_model_does_not_stall_the_others(mme):
     assert requests.delete(mme.url + "/models/rob-late", timeout=60).status_code == 200
 
 
+def test_two_loads_of_one_name_at_once_load_it_once(mme):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: load(mme.url, "twice", str(mme.root / "rnn")), range(2)))
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    assert invoke(mme.url, "twice", TEXTS[:1]).status_code == 200
+    assert requests.delete(mme.url + "/models/twice", timeout=60).status_code == 200
+
+
 def test_twenty_load_unload_cycles_leave_memory_flat(mme):
     def cycle() -> None:
         assert load(mme.url, "cycled", str(mme.root / "roberta")).status_code == 200

@@ -226,3 +226,13 @@ def test_the_deadline_starts_when_the_request_arrives_not_after_its_body(demo_di
                              headers={"Content-Type": "application/json"})
         assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout", slow.text
         assert invoke(server.url, ["hello there"]).status_code == 200
+
+
+def test_a_single_model_server_has_no_models_api(server):
+    for response in (requests.get(server.url + "/models", timeout=5),
+                     requests.post(server.url + "/models", json={"model_name": "x", "url": "y"}, timeout=5),
+                     requests.post(server.url + "/models/x/invoke", json={"inputs": ["hi"]}, timeout=5),
+                     requests.delete(server.url + "/models/x", timeout=5)):
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", response.text
+    assert requests.post(server.url + "/invocations", json={"inputs": ["hi"]}, timeout=10,
+                         headers={"X-Amzn-SageMaker-Target-Model": "x"}).status_code == 200  # SageMaker's to route

@@ -181,12 +181,15 @@ def test_a_request_over_half_the_queue_goes_in_parts_and_counts_once_in_flight(d
 
 
 def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(demo_dir, tmp_path):
-    from serving.channel import ControlReply, ControlRequest, pack, unpack
+    from serving.channel import ControlReply, ControlRequest, failure_reply, pack, unpack
     from serving.engine.main import load_service
     from serving.errors import ModelExists, ModelNotFound
 
     assert unpack(pack(ControlRequest(7, 42, "load", "m", "/x"))) == ControlRequest(7, 42, "load", "m", "/x")
     assert unpack(pack(ControlReply(7, {"a": [1]}, "", ""))) == ControlReply(7, {"a": [1]}, "", "")
+    lost = failure_reply(7, EngineLost("gone"), ControlReply)  # a front-end subclass travels as its base: still 503
+    with pytest.raises(NotReady):
+        lost.raise_error()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     board = Board.create(run_dir, 1)
@@ -199,9 +202,9 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
     board.write(0, state=EngineState.READY)
     client = EngineClient(run_dir, 2048, 8)
     try:
-        [loaded] = client.control("load", "lstm", str(demo_dir / "rnn"), 30)
+        [loaded] = client.control("load", "lstm", str(demo_dir / "rnn"), "", 30)
         assert not loaded.error_kind and loaded.detail["family"] == "rnn"
-        [again] = client.control("load", "lstm", str(demo_dir / "rnn"), 30)
+        [again] = client.control("load", "lstm", str(demo_dir / "rnn"), "", 30)
         assert again.error_kind == "ModelExists"
         with pytest.raises(ModelExists):
             again.raise_error()
@@ -209,7 +212,7 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
         assert client.submit(text_side.encode(TEXTS[:2]), 10, model="lstm").result(10).scores.shape == (2, 7)
         with pytest.raises(ModelNotFound):
             client.submit(text_side.encode(TEXTS[:1]), 10, model="other").result(10)
-        [unloaded] = client.control("unload", "lstm", "", 30)
+        [unloaded] = client.control("unload", "lstm", "", "", 30)
         assert unloaded.detail["drained"] is True
         with pytest.raises(ModelNotFound):
             client.submit(text_side.encode(TEXTS[:1]), 10, model="lstm").result(10)

@@ -74,7 +74,7 @@ def test_a_model_that_will_not_fit_is_refused_before_loading(demo_dir, tmp_path,
     monkeypatch.setattr(engine_models, "free_memory", lambda on_gpu: {"host": 2**40, "device": 1024})
     gpu = EngineModels(models.settings, "cuda", models._load_service)
     with pytest.raises(InsufficientMemory, match="device memory"):
-        gpu._check_room("rob", {"device_bytes": 10_000, "host_bytes": 0}, on_gpu=True)
+        gpu._check_room("rob", {"device_bytes": 10_000, "host_bytes": 0})
     models.load("rob", demo_dir / "roberta")  # the name was not left taken by the refusal
     models.stop_all(5)
 
@@ -119,3 +119,65 @@ def test_a_model_unloaded_while_this_engine_loaded_it_on_demand_is_let_go(demo_d
     while models._busy and time.monotonic() < deadline:
         time.sleep(0.05)
     assert models.names == [] and not models._busy
+
+
+def test_an_engine_lets_go_of_models_the_catalog_does_not_list_as_that_load(demo_dir, tmp_path):
+    """A load rolled back, or an unload this engine never received: the catalog decides what stays."""
+    catalog = Catalog(tmp_path)
+    with catalog.editing() as entries:
+        entries["kept"] = Entry("kept", str(demo_dir / "rnn"), "rnn", READY, generation="g1")
+        entries["renewed"] = Entry("renewed", str(demo_dir / "rnn"), "rnn", READY, generation="g3")
+    models = engine_models_on_sim(tmp_path, catalog=catalog)
+    models.load("kept", demo_dir / "rnn", "g1")
+    models.load("renewed", demo_dir / "rnn", "g2")  # another load of the name than the catalog's
+    models.load("orphan", demo_dir / "rnn", "g4")  # not listed at all
+    models.reconcile()
+    assert models.names == ["kept"]
+    with pytest.raises(ModelNotFound):
+        models.unload("kept", drain_s=5, generation="g0")  # an unload of another load of the name
+    assert models.names == ["kept"]
+    models.stop_all(5)
+
+
+def test_a_load_on_demand_that_failed_is_not_retried_at_once(demo_dir, tmp_path):
+    catalog = Catalog(tmp_path)
+    with catalog.editing() as entries:
+        entries["broken"] = Entry("broken", str(tmp_path / "nowhere"), "rnn", READY, generation="g")
+    models = engine_models_on_sim(tmp_path, catalog=catalog)
+    with pytest.raises(NotReady, match="being loaded"):
+        models.batcher("broken")
+    deadline = time.monotonic() + 10
+    while "broken" not in models._failed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(NotReady, match="could not be loaded"):
+        models.batcher("broken")
+    assert not models._busy  # no second load started
+
+
+def test_the_board_shows_the_oldest_forward_still_running():
+    from serving.engine.main import Forwards
+
+    stamps: list[float] = []
+
+    class Board:
+        def forward(self, index: int, started: float) -> None:
+            stamps.append(started)
+
+    class Batcher:
+        def __init__(self) -> None:
+            self.run_batch = lambda batch: batch()
+
+    class Service:
+        def __init__(self) -> None:
+            self.batcher = Batcher()
+
+    forwards = Forwards(Board(), 0)  # type: ignore[arg-type]
+    stuck, quick = Service(), Service()
+    forwards.watch(stuck)
+    forwards.watch(quick)
+    seen: list[float] = []
+    # the stuck model's forward is running while the quick one's starts and ends
+    stuck.batcher.run_batch(lambda: quick.batcher.run_batch(lambda: seen.append(stamps[-1])))
+    first = stamps[0]
+    assert stamps[1] == first and stamps[2] == first  # the quick forward neither hid nor replaced the stuck one
+    assert stamps[-1] == 0.0

@@ -3,6 +3,8 @@ catalog no longer lists that load, and 404 before any work for a name not loaded
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from serving.board import Board
@@ -35,3 +37,37 @@ def test_text_sides_follow_the_catalog(demo_dir, tmp_path):
     assert "a" not in models._handlers  # its text side let go on the first request after the catalog changed
     assert models.handler("b").model.classifier.family == "roberta"
     assert sorted(models._handlers) == ["b"]
+
+
+def test_loads_are_checked_before_any_engine_is_asked(demo_dir, tmp_path):
+    """Folders that hold no model, or point outside the root, and names held by a front end that died."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from serving.errors import BadRequest, ModelExists
+
+    run_dir, root = tmp_path / "run", tmp_path / "models"
+    run_dir.mkdir()
+    Board.create(run_dir, 1)  # no engine ever serves: reaching one would answer 503
+    models = ModelSet(run_dir, Settings(multi_model=True, models_root=str(root)), EngineClient(run_dir, 64, 8))
+    shutil.copytree(demo_dir / "rnn", root / "escapes")
+    config = json.loads((root / "escapes" / "config.json").read_text())
+    (root / "escapes" / "config.json").write_text(json.dumps({**config, "embeddings_file": str(demo_dir / "rnn" /
+                                                                                                "vectors.bin")}))
+    (root / "list").mkdir()
+    (root / "list" / "config.json").write_text("[1, 2]")
+    with pytest.raises(BadRequest, match="embeddings_file"):
+        models.load({"model_name": "x", "url": "escapes"})
+    with pytest.raises(ModelNotFound, match="no model there"):
+        models.load({"model_name": "x", "url": "list"})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with models.catalog.editing() as entries:
+        entries["held"] = Entry("held", str(root / "list"), "rnn", LOADING, owner=gone.pid)
+        entries["busy"] = Entry("busy", str(root / "list"), "rnn", LOADING, owner=os.getpid())
+    with pytest.raises(ModelExists):
+        models._reserve("busy", root / "list", "rnn", {})
+    models._reserve("held", root / "list", "rnn", {})  # the dead front end's claim is let go
+    assert models.catalog.get("held").owner == os.getpid()

@@ -74,3 +74,31 @@ def test_footprints_grow_with_the_batch_and_put_weights_on_the_gpu(demo_dir):
     lstm = estimate_footprint(demo_dir / "rnn", "rnn", 4096, 32, on_gpu=True)
     assert lstm["host_bytes"] == Path(demo_dir / "rnn" / "vectors.bin").stat().st_size  # the vectors stay on the host
     assert lstm["device_bytes"] > lstm["weights_bytes"] > 0
+
+
+def test_urls_that_cannot_name_a_folder_and_links_out_of_the_folder_are_refused(tmp_path, demo_dir):
+    root = tmp_path / "models"
+    shutil.copytree(demo_dir / "rnn", root / "rnn")
+    for url in ("rnn\0x", "x" * 5000, "a/" * 3000, "x" * 300, "/".join(["y" * 250] * 16)):
+        with pytest.raises(BadRequest):
+            resolve_model_url(url, root)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours")
+    (root / "rnn" / "vectors.bin").unlink()
+    (root / "rnn" / "vectors.bin").symlink_to(secret)  # the folder is inside, one of its files is not
+    with pytest.raises(BadRequest, match="links outside"):
+        resolve_model_url("rnn", root)
+
+
+def test_an_entry_whose_front_end_died_mid_load_is_abandoned(tmp_path):
+    import subprocess
+    import sys
+
+    from serving.catalog import UNLOADING, abandoned
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert abandoned(Entry("a", "/m", "rnn", LOADING, owner=gone.pid))
+    assert abandoned(Entry("a", "/m", "rnn", UNLOADING, owner=gone.pid))
+    assert not abandoned(Entry("a", "/m", "rnn", READY, owner=gone.pid))  # a loaded model belongs to nobody
+    assert not abandoned(Entry("a", "/m", "rnn", LOADING, owner=os.getpid()))
