@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.board import Board, EngineState, error_path, socket_address
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
     forwards = Forwards(board, index)
 
     def load(s: Settings, model_dir: Path, name: str):
-        service = load_service(s, index, device, board.engines, model_dir, name)
+        service = load_service(s, index, device, board.engines, model_dir, name, lambda: models.queued_texts)
         # answer 503s, drain, exit: a fresh engine follows (and reloads a multi-model endpoint's models)
         service.on_device_failure = lambda reason: endpoint.stop() if endpoint is not None else None
         forwards.watch(service)
@@ -108,9 +109,10 @@ def reload_models(models, index: int) -> None:
 
 
 def load_service(settings: Settings, index: int, device: str, engines: int, model_dir: Path | None = None,
-                 name: str = ""):
+                 name: str = "", queued_total: Callable[[], int] | None = None):
     """The model on this engine's device behind an InferenceService (batcher, device health), warmed up; `name`
-    is a multi-model endpoint's name for it (its metrics' label)."""
+    is a multi-model endpoint's name for it (its metrics' label), `queued_total` what the engine's queue gauge
+    reports (default: this model's queue)."""
     from serving import metrics
     from serving.artifacts import load_classifier
     from serving.engine.device import set_torch_threads, worker_threads
@@ -140,8 +142,7 @@ def load_service(settings: Settings, index: int, device: str, engines: int, mode
         metrics.observe_batch(stats)
         if by_model is not None:
             by_model.observe(stats.size)
-        else:  # a multi-model engine's queue is every model's: its endpoint reports it on the board
-            queued.set(service.batcher.queued_texts)
+        queued.set(queued_total() if queued_total is not None else service.batcher.queued_texts)
 
     service = InferenceService(classifier, s, model_dir, on_batch=on_batch)
     service.warmup()
