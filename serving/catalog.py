@@ -97,8 +97,7 @@ class Catalog:
             if os.fstat(f.fileno()).st_size < VERSION.size:
                 f.truncate(VERSION.size)
             self._version_map = mmap.mmap(f.fileno(), VERSION.size)
-        self._seen = -1
-        self._entries: dict[str, Entry] = {}
+        self._cache: tuple[int, dict[str, Entry]] = (-1, {})  # one tuple: threads replace it whole
 
     @property
     def version(self) -> int:
@@ -107,10 +106,11 @@ class Catalog:
     def entries(self) -> dict[str, Entry]:
         """The current models by name; the file is read again only after an edit."""
         version = self.version
-        if version != self._seen:
-            self._entries = self._read()
-            self._seen = version
-        return self._entries
+        seen, entries = self._cache
+        if version != seen:
+            entries = self._read()
+            self._cache = (version, entries)
+        return entries
 
     def get(self, name: str) -> Entry | None:
         return self.entries().get(name)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from serving import metrics
 from serving.artifacts import detect_family
-from serving.catalog import READY, Catalog, estimate_footprint
+from serving.catalog import READY, Catalog, abandoned, estimate_footprint
 from serving.config import Settings
 from serving.engine.batching import Batcher
 from serving.errors import InsufficientMemory, ModelExists, ModelNotFound, NotReady
@@ -52,6 +52,7 @@ class EngineModels:
         self._busy: set[str] = set()  # being loaded or unloaded
         self._lock = threading.Lock()
         self._one_load = threading.Lock()  # loads check free memory and then take it: one at a time
+        self._stopping = False
 
     # the I/O thread's questions
     def batcher(self, name: str) -> Batcher:
@@ -97,9 +98,13 @@ class EngineModels:
     def load(self, name: str, model_dir: Path, generation: str = "") -> dict:
         """Load and warm up `name` from `model_dir`; ModelExists if it is here, InsufficientMemory if it will not
         fit. Returns what /models/NAME shows of it."""
+        if name in self._services and generation and self._generations.get(name) != generation:
+            self._drop(name)  # an earlier load of the name the catalog no longer lists, not yet let go
         with self._lock:
-            if name in self._services or name in self._busy:
-                raise ModelExists(f"model {name!r} is already loaded (or loading) on this engine")
+            if name in self._busy:  # an earlier load of it, still loading or being let go
+                raise NotReady(f"an earlier load of model {name!r} is still being loaded or let go here; retry")
+            if name in self._services:
+                raise ModelExists(f"model {name!r} is already loaded on this engine")
             self._busy.add(name)
         try:
             return self._load(name, model_dir, generation)
@@ -121,15 +126,24 @@ class EngineModels:
         if not self._listed(name):
             self._drop(name)
 
-    def _listed(self, name: str) -> bool:
-        entry = self.catalog.get(name) if self.catalog is not None else None
-        return entry is not None and entry.generation == self._generations.get(name)
+    def _listed(self, name: str, generation: str | None = None) -> bool:
+        """Whether the catalog lists this load of `name` (the one held, or `generation`), and not as a load whose
+        front end died before finishing it."""
+        if self.catalog is None:
+            return True
+        entry = self.catalog.get(name)
+        wanted = self._generations.get(name) if generation is None else generation
+        return entry is not None and entry.generation == wanted and not abandoned(entry)
 
     def _load(self, name: str, model_dir: Path, generation: str) -> dict:
         s = self.settings
         family = detect_family(model_dir)
         footprint = estimate_footprint(model_dir, family, s.max_batch_tokens, s.max_batch_size, self.on_gpu)
         with self._one_load:
+            if self._stopping:
+                raise NotReady("the engine is shutting down")
+            if generation and not self._listed(name, generation):  # rolled back while it waited for its turn
+                raise ModelNotFound(f"the load of model {name!r} was withdrawn")
             self._check_room(name, footprint)
             started = time.monotonic()
             before = used_memory(self.on_gpu)
@@ -146,6 +160,8 @@ class EngineModels:
         seconds = time.monotonic() - started
         measured = {key: max(0, after[key] - before[key]) for key in after}
         self.add(name, service, generation)
+        if self._stopping:  # SIGTERM came during the load: stop_all did not see this one
+            service.stop(1.0)
         metrics.model_load_seconds_by_model.labels(name).set(seconds)
         metrics.model_memory_bytes.labels(name).set(sum(measured.values()))
         classifier = service.classifier
@@ -174,9 +190,10 @@ class EngineModels:
                 raise ModelNotFound(f"model {name!r} is not loaded on this engine")
             self._busy.add(name)
         try:
-            deadline = time.monotonic() + drain_s
+            started = time.monotonic()
+            deadline = started + drain_s
             while time.monotonic() < deadline:
-                quiet = time.monotonic() - self._arrived.get(name, 0.0)
+                quiet = time.monotonic() - max(self._arrived.get(name, 0.0), started)
                 if quiet >= UNLOAD_GRACE_S:
                     break
                 time.sleep(UNLOAD_GRACE_S - quiet)
@@ -203,7 +220,7 @@ class EngineModels:
         """Let go of a model nobody routes to any more (not in the catalog): no grace, a short drain."""
         with self._lock:
             service = self._services.get(name)
-            if service is None or name in self._busy:
+            if service is None or name in self._busy or self._listed(name):
                 return
             self._busy.add(name)
         try:
@@ -231,6 +248,7 @@ class EngineModels:
                 log.exception("comparing the models with the catalog failed")
 
     def stop_all(self, drain_s: float) -> None:
+        self._stopping = True
         deadline = time.monotonic() + drain_s
         stoppers = [threading.Thread(target=s.stop, args=(max(0.1, deadline - time.monotonic()),),  # type: ignore[attr-defined]
                                      daemon=True) for s in list(self._services.values())]

@@ -50,7 +50,8 @@ class ModelSet:
         self.root = Path(settings.models_root)
         self._handlers: dict[str, tuple[str, Handler]] = {}  # name -> (its load's generation, its handler here)
         self._pruned_at = -1  # the catalog version the handlers were last checked against
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held for dict updates only, never while a text side loads
+        self._building: dict[str, threading.Lock] = {}
 
     @property
     def alive(self) -> bool:
@@ -72,9 +73,13 @@ class ModelSet:
         if known is not None and known[0] == entry.generation:
             return known[1]
         with self._lock:
+            building = self._building.setdefault(name, threading.Lock())
+        with building:  # one build per name at a time; requests for other models never wait for it
             known = self._handlers.get(name)
             if known is None or known[0] != entry.generation:
-                known = self._handlers[name] = (entry.generation, self._build(name, Path(entry.path)))
+                known = (entry.generation, self._build(name, Path(entry.path)))
+                with self._lock:
+                    self._handlers[name] = known
         return known[1]
 
     def _build(self, name: str, model_dir: Path) -> Handler:
@@ -91,6 +96,8 @@ class ModelSet:
             for name in [n for n, (generation, _) in self._handlers.items()
                          if n not in listed or listed[n].generation != generation]:
                 del self._handlers[name]
+            for name in [n for n in self._building if n not in listed]:
+                del self._building[name]
 
     # the /models API
     def load(self, body: object) -> dict:
@@ -108,6 +115,8 @@ class ModelSet:
             handler = self._build(name, model_dir)
             replies = self.client.control("load", name, str(model_dir), generation, LOAD_TIMEOUT_S)
             failed = [r for r in replies if r.error_kind]
+            if any(r.error_kind == ModelExists.__name__ for r in failed):  # the catalog decides 409, not an engine
+                raise NotReady(f"an engine still holds an earlier load of model {name!r}; retry")
             if failed:
                 failed[0].raise_error()
         except BaseException:
@@ -148,12 +157,12 @@ class ModelSet:
         estimated footprint (507 if over); returns this load's generation."""
         budget = int(self.settings.models_memory_mb * 2**20)
         with self.catalog.editing() as entries:
+            for gone in [e for e in entries.values() if abandoned(e)]:  # their memory counts against the budget
+                log.warning("model %s: the front end that was %s it is gone; freeing the name", gone.name,
+                            "loading" if gone.state == LOADING else "unloading")
+                del entries[gone.name]
             held = entries.get(name)
-            if held is not None and abandoned(held):
-                log.warning("model %s: the front end that was %s it is gone; freeing the name", name,
-                            "loading" if held.state == LOADING else "unloading")
-                del entries[name]
-            elif held is not None and held.state == UNLOADING:
+            if held is not None and held.state == UNLOADING:
                 raise NotReady(f"model {name!r} is being unloaded; retry")
             elif held is not None:
                 raise ModelExists(f"model {name!r} is already loaded" + (

@@ -71,3 +71,7 @@ def test_loads_are_checked_before_any_engine_is_asked(demo_dir, tmp_path):
         models._reserve("busy", root / "list", "rnn", {})
     models._reserve("held", root / "list", "rnn", {})  # the dead front end's claim is let go
     assert models.catalog.get("held").owner == os.getpid()
+    with models.catalog.editing() as entries:  # a dead front end's claim on another name, holding budget
+        entries["stale"] = Entry("stale", str(root / "list"), "rnn", LOADING, {"host_bytes": 2**40}, owner=gone.pid)
+    models._reserve("third", root / "list", "rnn", {})
+    assert models.catalog.get("stale") is None
