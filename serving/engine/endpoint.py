@@ -107,7 +107,11 @@ class Endpoint:
         except zmq.Again:  # not expected after EVENTS said readable; never worth the I/O thread
             pass
         for identity, payload in arrived:
-            request = unpack(payload)
+            try:
+                request = unpack(payload)
+            except Exception:  # a record this engine cannot read (never expected: both ends are this package)
+                log.exception("engine %d dropped a message it could not read", self.index)
+                continue
             if isinstance(request, ControlRequest) and request.engine_pid == os.getpid():
                 self._in_flight += 1
                 if refuse:

@@ -261,3 +261,47 @@ def test_a_load_withdrawn_while_it_waited_for_its_turn_does_not_run(demo_dir, tm
     with pytest.raises(ModelNotFound, match="withdrawn"):  # its front end rolled it back: not in the catalog
         models.load("gone", demo_dir / "rnn", "g1")
     assert models.names == []
+
+
+def test_gpu_memory_paths_with_a_fake_device(demo_dir, tmp_path, monkeypatch):
+    """The GPU's bookkeeping, on a CPU: torch.cuda's memory calls answer for a fake 1 GiB device whose use grows by
+    what each load allocates. Free memory counts torch's cached blocks, a load's device cost and an unload's
+    release are the driver's figures, an unload empties the cache, and a CUDA out-of-memory error is a 507."""
+    import torch
+
+    gib = 2**30
+    device = {"used": 200 * 2**20, "cached": 0, "emptied": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (gib - device["used"], gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: device["cached"] + 64 * 2**20)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 64 * 2**20)
+
+    def empty_cache() -> None:
+        device["used"] -= device["cached"]
+        device["cached"], device["emptied"] = 0, device["emptied"] + 1
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    settings = Settings(backend="sim", multi_model=True, models_root=str(tmp_path))
+
+    def on_the_device(s, folder, name):
+        if name == "too-big":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        service = load_service(s, 0, "cpu", 1, folder, name)
+        device["used"] += 100 * 2**20  # the weights and warm-up buffers
+        return service
+
+    models = EngineModels(settings, "cuda", on_the_device)
+    loaded = models.load("rob", demo_dir / "roberta")
+    assert loaded["measured"]["device_bytes"] == 100 * 2**20
+    assert engine_models.free_memory(True)["device"] == gib - device["used"]
+    device["cached"] = 300 * 2**20  # freed tensors torch keeps cached: free for the next load, not for the driver
+    device["used"] += 300 * 2**20
+    assert engine_models.free_memory(True)["device"] == gib - device["used"] + 300 * 2**20
+    with pytest.raises(InsufficientMemory, match="device memory"):
+        models._check_room("huge", {"device_bytes": gib, "host_bytes": 0})
+    device["cached"] = 100 * 2**20  # what unloading the model gives back to the cache, emptied by the unload
+    freed = models.unload("rob", drain_s=5)["freed"]["device_bytes"]
+    assert device["emptied"] >= 1 and freed >= 100 * 2**20
+    emptied = device["emptied"]
+    with pytest.raises(InsufficientMemory, match="ran out of memory"):
+        models.load("too-big", demo_dir / "roberta")
+    assert device["emptied"] == emptied + 1 and models.names == []
