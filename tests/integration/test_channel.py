@@ -220,3 +220,18 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
     finally:
         endpoint.stop()
         thread.join(15)
+
+
+def test_an_unreadable_message_is_dropped_and_the_engine_keeps_serving(demo_dir, tmp_path):
+    import pickle
+
+    import zmq
+
+    with engine(tmp_path, backend="sim", model_dir=str(demo_dir / "rnn")) as (client, _, service, _):
+        raw = client.context.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(socket_address(client.run_dir, 0))
+        raw.send(b"not a pickle")
+        raw.send(pickle.dumps((1, 2, 3)))  # a record of the wrong shape
+        raw.close()
+        assert client.submit(service.classifier.encode(TEXTS[:1]), 10).result(10).scores.shape == (1, 7)
