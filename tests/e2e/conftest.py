@@ -61,16 +61,18 @@ def running_server(tmp_path: Path, *args: str, env: dict | None = None, ready_ti
         server.stop()
 
 
-def sigterm_under_load(server: RunningServer, texts_of, clients: int = 48) -> tuple[int, float, list]:
-    """`clients` threads each post texts_of(i); SIGTERM goes to `serve` once they are under way. Returns serve's exit
-    code, how long it took to exit, and per client ("answered", status, predictions) or ("refused", error, 0)."""
+def sigterm_under_load(server: RunningServer, texts_of, clients: int = 48,
+                       path: str = "/invocations") -> tuple[int, float, list]:
+    """`clients` threads each post texts_of(i) to `path`; SIGTERM goes to `serve` once they are under way. Returns
+    serve's exit code, how long it took to exit, and per client ("answered", status, predictions) or ("refused",
+    error, 0)."""
     import threading
 
     results: list = []
 
     def send(i: int) -> None:
         try:
-            response = requests.post(server.url + "/invocations", json={"inputs": texts_of(i)}, timeout=60)
+            response = requests.post(server.url + path, json={"inputs": texts_of(i)}, timeout=60)
             results.append(("answered", response.status_code, len(response.json().get("predictions", []))))
         except requests.ConnectionError as exc:  # not accepted before the drain began
             results.append(("refused", str(exc), 0))

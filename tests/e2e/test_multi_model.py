@@ -288,3 +288,17 @@ def test_unloading_a_model_under_traffic_loses_no_request(slow):
     assert requests.get(slow.url + "/models/rob-gone", timeout=5).json()["family"] == "rnn"
 
 
+
+
+def test_sigterm_during_traffic_to_a_model_drains_and_loses_nothing(demo_dir, tmp_path):
+    from tests.e2e.conftest import sigterm_under_load
+
+    root = make_root(tmp_path / "models", demo_dir)
+    with mme_server(tmp_path, root, "--backend", "sim", "--sim-fixed-ms", "20") as server:
+        assert load(server.url, "lstm", str(root / "rnn")).status_code == 200
+        code, took, results = sigterm_under_load(server, lambda i: [f"{TEXTS[i % len(TEXTS)]} {i}"] * 4,
+                                                 path="/models/lstm/invoke")
+        answered = [r for r in results if r[0] == "answered"]
+        assert code == 0 and took < 25, (code, took, server.log()[-2000:])
+        assert answered and all(status == 200 and n == 4 for _, status, n in answered), results
+        assert "engine 0 stopped" in server.log()
