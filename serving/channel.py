@@ -42,6 +42,7 @@ class ScoreRequest:
     wait_for_room: bool = False
     room: int | None = None
     model: str = ""  # a multi-model endpoint's model name; "" is the engine's one model
+    generation: str = ""  # which load of that name tokenised the texts (the engine refuses another's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ def pack(record: Record) -> bytes:
         arrays = bool(record.features) and all(isinstance(f, np.ndarray) for f in record.features)
         features = [f.astype(np.int32).tobytes() for f in record.features] if arrays else record.features
         plain: tuple = (REQUEST, record.request_id, record.engine_pid, record.deadline, arrays, features,
-                        record.lengths, record.wait_for_room, record.room, record.model)
+                        record.lengths, record.wait_for_room, record.room, record.model, record.generation)
     elif isinstance(record, ControlRequest):
         plain = (CONTROL, record.request_id, record.engine_pid, record.op, record.name, record.path,
                  record.generation)
@@ -130,10 +131,11 @@ def pack(record: Record) -> bytes:
 def unpack(payload: bytes) -> Record:
     plain = pickle.loads(payload)
     if plain[0] == REQUEST:
-        _, request_id, engine_pid, deadline, arrays, features, lengths, wait_for_room, room, model = plain
+        _, request_id, engine_pid, deadline, arrays, features, lengths, wait_for_room, room, model, generation = plain
         if arrays:
             features = [np.frombuffer(f, np.int32).astype(np.int64) for f in features]
-        return ScoreRequest(request_id, engine_pid, deadline, features, lengths, wait_for_room, room, model)
+        return ScoreRequest(request_id, engine_pid, deadline, features, lengths, wait_for_room, room, model,
+                            generation)
     if plain[0] == CONTROL:
         return ControlRequest(*plain[1:])
     if plain[0] == CONTROL_REPLY:

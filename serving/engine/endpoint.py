@@ -106,10 +106,14 @@ class Endpoint:
                 arrived.append(self.router.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:  # not expected after EVENTS said readable; never worth the I/O thread
             pass
-        for identity, payload in arrived:
+        for frames in arrived:
             try:
+                identity, payload = frames
                 request = unpack(payload)
-            except Exception:  # a record this engine cannot read (never expected: both ends are this package)
+                if isinstance(request, ScoreRequest):
+                    encoded = [EncodedText(f, n, False) for f, n in zip(request.features, request.lengths,
+                                                                         strict=True)]
+            except Exception:  # a message this engine cannot read (never expected: both ends are this package)
                 log.exception("engine %d dropped a message it could not read", self.index)
                 continue
             if isinstance(request, ControlRequest) and request.engine_pid == os.getpid():
@@ -129,7 +133,6 @@ class Endpoint:
             if refuse:
                 self._hand_over(identity, failure_reply(request.request_id, NotReady("the engine is shutting down")))
                 continue
-            encoded = [EncodedText(f, n, False) for f, n in zip(request.features, request.lengths, strict=True)]
             if request.wait_for_room:  # waits for room in the queue: on the one thread that feeds parts, in order
                 self._feed_part(identity, request, encoded)
             else:
@@ -172,7 +175,7 @@ class Endpoint:
 
     def _submit(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
         try:
-            batcher = self.models.batcher(request.model)  # 404 for a model not loaded here
+            batcher = self.models.batcher(request.model, request.generation)  # 404 for a model not loaded here
             future = batcher.submit(encoded, request.deadline - time.monotonic(), request.wait_for_room, request.room,
                                     inline=inline)
         except Exception as exc:

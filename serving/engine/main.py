@@ -60,6 +60,12 @@ def main(argv: list[str]) -> int:
         return service
 
     models = EngineModels(settings, device, load, Catalog(run_dir) if settings.multi_model else None)
+
+    def early_stop(*_) -> None:  # SIGTERM while loading: no further load starts
+        stopping.set()
+        models.refuse_loads()
+
+    signal.signal(signal.SIGTERM, early_stop)
     try:
         if settings.multi_model:
             reload_models(models, index)
@@ -102,6 +108,8 @@ def reload_models(models, index: int) -> None:
     for name, entry in models.catalog.entries().items():
         if entry.state != READY:
             continue
+        if models._stopping:  # SIGTERM while reloading
+            return
         try:
             models.load(name, Path(entry.path), entry.generation)
         except Exception:

@@ -55,11 +55,15 @@ class EngineModels:
         self._stopping = False
 
     # the I/O thread's questions
-    def batcher(self, name: str) -> Batcher:
+    def batcher(self, name: str, generation: str = "") -> Batcher:
+        """`name`'s batcher; with `generation`, only if it is that load of the name (texts tokenised for an earlier
+        load of it are refused: the name may now be another model)."""
         service = self._services.get(name)
-        if service is not None:
+        if service is not None and (not generation or generation == self._generations.get(name)):
             self._arrived[name] = time.monotonic()
             return service.batcher  # type: ignore[attr-defined]
+        if service is not None:
+            raise ModelNotFound(f"model {name!r} was unloaded and loaded again since this request was routed; retry")
         raise self._missing(name)
 
     def _missing(self, name: str) -> Exception:
@@ -218,9 +222,11 @@ class EngineModels:
 
     def _drop(self, name: str) -> None:
         """Let go of a model nobody routes to any more (not in the catalog): no grace, a short drain."""
+        if self._listed(name):  # read outside the lock: the I/O thread takes it too
+            return
         with self._lock:
             service = self._services.get(name)
-            if service is None or name in self._busy or self._listed(name):
+            if service is None or name in self._busy or self._generations.get(name) is None:
                 return
             self._busy.add(name)
         try:
@@ -246,6 +252,10 @@ class EngineModels:
                 self.reconcile()
             except Exception:
                 log.exception("comparing the models with the catalog failed")
+
+    def refuse_loads(self) -> None:
+        """SIGTERM: no load starts any more (one running ends, and is stopped at once)."""
+        self._stopping = True
 
     def stop_all(self, drain_s: float) -> None:
         self._stopping = True

@@ -96,7 +96,7 @@ class EngineClient:
         return [s for s in self.board.all() if s.serving]
 
     def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
-               room: int | None = None, model: str = "") -> PendingScores:
+               room: int | None = None, model: str = "", generation: str = "") -> PendingScores:
         ready = self._ready()
         if not ready:
             raise NotReady(self.why_not_alive())
@@ -106,7 +106,8 @@ class EngineClient:
             raise QueueFull(f"queue is full ({engine.queued_texts} texts waiting, limit {self.max_queue_texts}); "
                             "retry later")
         request = ScoreRequest(next(self._ids), engine.pid, time.monotonic() + timeout_s,
-                               [e.features for e in encoded], [e.length for e in encoded], wait_for_room, room, model)
+                               [e.features for e in encoded], [e.length for e in encoded], wait_for_room, room, model,
+                               generation)
         socket = self._socket(engine.index)
         try:
             socket.send(pack(request), zmq.NOBLOCK)
@@ -252,9 +253,10 @@ class ModelQueue:
     """A multi-model endpoint's one model, as InferenceService sees its queue: the engines, with every request
     naming the model."""
 
-    def __init__(self, client: EngineClient, name: str) -> None:
+    def __init__(self, client: EngineClient, name: str, generation: str = "") -> None:
         self.client = client
         self.name = name
+        self.generation = generation
         self.max_queue_texts = client.max_queue_texts
 
     @property
@@ -273,4 +275,5 @@ class ModelQueue:
 
     def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
                room: int | None = None) -> PendingScores:
-        return self.client.submit(encoded, timeout_s, wait_for_room, room, model=self.name)
+        return self.client.submit(encoded, timeout_s, wait_for_room, room, model=self.name,
+                                  generation=self.generation)

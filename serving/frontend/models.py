@@ -51,7 +51,7 @@ class ModelSet:
         self._handlers: dict[str, tuple[str, Handler]] = {}  # name -> (its load's generation, its handler here)
         self._pruned_at = -1  # the catalog version the handlers were last checked against
         self._lock = threading.Lock()  # held for dict updates only, never while a text side loads
-        self._building: dict[str, threading.Lock] = {}
+        self._building: dict[tuple[str, str], threading.Lock] = {}
 
     @property
     def alive(self) -> bool:
@@ -63,9 +63,9 @@ class ModelSet:
     # the request path
     def handler(self, name: str) -> Handler:
         """The loaded model's handler; 404 before any work when no such model is loaded."""
-        entry = self.catalog.get(name)
         if self.catalog.version != self._pruned_at:
             self._forget_unlisted()
+        entry = self.catalog.get(name)
         if entry is None or entry.state != READY:
             raise ModelNotFound(f"model {name!r} is not loaded"
                                 + (f" (it is {entry.state})" if entry is not None else ""))
@@ -73,31 +73,34 @@ class ModelSet:
         if known is not None and known[0] == entry.generation:
             return known[1]
         with self._lock:
-            building = self._building.setdefault(name, threading.Lock())
-        with building:  # one build per name at a time; requests for other models never wait for it
+            building = self._building.setdefault((name, entry.generation), threading.Lock())
+        with building:  # one build per load of a name at a time; requests for other models never wait for it
             known = self._handlers.get(name)
             if known is None or known[0] != entry.generation:
-                known = (entry.generation, self._build(name, Path(entry.path)))
+                known = (entry.generation, self._build(name, Path(entry.path), entry.generation))
                 with self._lock:
-                    self._handlers[name] = known
+                    listed = self.catalog.get(name)
+                    if listed is not None and listed.generation == entry.generation:  # not replaced meanwhile
+                        self._handlers[name] = known
         return known[1]
 
-    def _build(self, name: str, model_dir: Path) -> Handler:
+    def _build(self, name: str, model_dir: Path, generation: str) -> Handler:
         from serving.frontend.wsgi import load_text_side
 
         text_side = load_text_side(model_dir, self.settings)
-        return Handler(InferenceService(text_side, self.settings, model_dir, queue=ModelQueue(self.client, name)))
+        queue = ModelQueue(self.client, name, generation)
+        return Handler(InferenceService(text_side, self.settings, model_dir, queue=queue))
 
     def _forget_unlisted(self) -> None:
         """Text sides of models no longer loaded (or loaded again since) are dropped, once per catalog change."""
         with self._lock:
+            self._pruned_at = self.catalog.version  # before reading: an edit in between is seen next time
             listed = self.catalog.entries()
-            self._pruned_at = self.catalog.version
             for name in [n for n, (generation, _) in self._handlers.items()
                          if n not in listed or listed[n].generation != generation]:
                 del self._handlers[name]
-            for name in [n for n in self._building if n not in listed]:
-                del self._building[name]
+            for key in [k for k in self._building if k[0] not in listed or listed[k[0]].generation != k[1]]:
+                del self._building[key]
 
     # the /models API
     def load(self, body: object) -> dict:
@@ -112,7 +115,7 @@ class ModelSet:
                 from serving.models.rnn_text import prepare_shared_vectors
 
                 prepare_shared_vectors(model_dir)  # once, before the engines and other front ends map them
-            handler = self._build(name, model_dir)
+            handler = self._build(name, model_dir, generation)
             replies = self.client.control("load", name, str(model_dir), generation, LOAD_TIMEOUT_S)
             failed = [r for r in replies if r.error_kind]
             if any(r.error_kind == ModelExists.__name__ for r in failed):  # the catalog decides 409, not an engine

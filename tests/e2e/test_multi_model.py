@@ -294,7 +294,7 @@ def test_sigterm_during_traffic_to_a_model_drains_and_loses_nothing(demo_dir, tm
     from tests.e2e.conftest import sigterm_under_load
 
     root = make_root(tmp_path / "models", demo_dir)
-    with mme_server(tmp_path, root, "--backend", "sim", "--sim-fixed-ms", "20") as server:
+    with mme_server(tmp_path, root, "--backend", "sim", "--sim-fixed-ms", "30", "--max-batch-size", "4") as server:
         assert load(server.url, "lstm", str(root / "rnn")).status_code == 200
         code, took, results = sigterm_under_load(server, lambda i: [f"{TEXTS[i % len(TEXTS)]} {i}"] * 4,
                                                  path="/models/lstm/invoke")

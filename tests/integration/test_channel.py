@@ -222,16 +222,25 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
         thread.join(15)
 
 
-def test_an_unreadable_message_is_dropped_and_the_engine_keeps_serving(demo_dir, tmp_path):
+def test_an_unreadable_message_is_dropped_and_the_engine_keeps_serving(demo_dir, tmp_path, caplog):
     import pickle
 
     import zmq
 
+    from serving.channel import ScoreRequest, pack
+
     with engine(tmp_path, backend="sim", model_dir=str(demo_dir / "rnn")) as (client, _, service, _):
         raw = client.context.socket(zmq.DEALER)
-        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.LINGER, 1000)
         raw.connect(socket_address(client.run_dir, 0))
         raw.send(b"not a pickle")
         raw.send(pickle.dumps((1, 2, 3)))  # a record of the wrong shape
+        raw.send_multipart([b"two", b"frames"])  # three frames at the engine's ROUTER
+        mismatched = ScoreRequest(1, os.getpid(), time.monotonic() + 10, [np.array([0, 1])], [1, 2])
+        raw.send(pack(mismatched))  # features and lengths that do not pair up
+        deadline = time.monotonic() + 10
+        while caplog.text.count("dropped a message") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
         raw.close()
+        assert caplog.text.count("dropped a message") == 4
         assert client.submit(service.classifier.encode(TEXTS[:1]), 10).result(10).scores.shape == (1, 7)
