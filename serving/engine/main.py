@@ -53,10 +53,10 @@ def main(argv: list[str]) -> int:
     forwards = Forwards(board, index)
 
     def load(s: Settings, model_dir: Path, name: str):
-        service = load_service(s, index, device, board.engines, model_dir, name, lambda: models.queued_texts)
+        service = load_service(s, index, device, board.engines, model_dir, name, lambda: models.queued_texts,
+                               before_warmup=forwards.watch)  # a warm-up stuck in a device call is seen too
         # answer 503s, drain, exit: a fresh engine follows (and reloads a multi-model endpoint's models)
         service.on_device_failure = lambda reason: endpoint.stop() if endpoint is not None else None
-        forwards.watch(service)
         return service
 
     models = EngineModels(settings, device, load, Catalog(run_dir) if settings.multi_model else None)
@@ -117,10 +117,11 @@ def reload_models(models, index: int) -> None:
 
 
 def load_service(settings: Settings, index: int, device: str, engines: int, model_dir: Path | None = None,
-                 name: str = "", queued_total: Callable[[], int] | None = None):
+                 name: str = "", queued_total: Callable[[], int] | None = None,
+                 before_warmup: Callable[[object], None] | None = None):
     """The model on this engine's device behind an InferenceService (batcher, device health), warmed up; `name`
     is a multi-model endpoint's name for it (its metrics' label), `queued_total` what the engine's queue gauge
-    reports (default: this model's queue)."""
+    reports (default: this model's queue), `before_warmup` is called with the service before its warm-up."""
     from serving import metrics
     from serving.artifacts import load_classifier
     from serving.engine.device import set_torch_threads, worker_threads
@@ -153,6 +154,8 @@ def load_service(settings: Settings, index: int, device: str, engines: int, mode
         queued.set(queued_total() if queued_total is not None else service.batcher.queued_texts)
 
     service = InferenceService(classifier, s, model_dir, on_batch=on_batch)
+    if before_warmup is not None:
+        before_warmup(service)
     service.warmup()
     return service
 

@@ -136,8 +136,8 @@ class EngineClient:
                     replies.append(failure_reply(request.request_id, EngineLost(
                         f"engine {engine.index} is not taking requests; retry"), ControlReply))
                     continue
-                self._started_waiting()
-                pending.append(PendingScores(self, socket, engine, request.request_id))
+                # not counted in flight: a load may take minutes, and the cap is there for invocations
+                pending.append(PendingScores(self, socket, engine, request.request_id, counted=False))
             for waiting in pending:
                 try:
                     reply = waiting.reply(timeout_s)
@@ -184,13 +184,14 @@ class EngineClient:
 class PendingScores:
     """One sent request; result() waits on the sending thread's own socket (the thread that submitted it)."""
 
-    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int) -> None:
+    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int,
+                 counted: bool = True) -> None:
         self.client = client
         self.socket = socket
         self.engine = engine
         self.request_id = request_id
         self.sent_at = time.monotonic()
-        self._settled = False
+        self._settled = not counted  # an uncounted one has nothing to give back when it ends
         client._local.stash[request_id] = None  # awaited
 
     def result(self, timeout: float | None = None) -> BatchedResult:

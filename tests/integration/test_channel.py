@@ -195,7 +195,14 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
     board = Board.create(run_dir, 1)
     board.write(0, pid=os.getpid(), state=EngineState.STARTING)
     settings = Settings(backend="sim", multi_model=True)
-    models = EngineModels(settings, "cpu", lambda s, folder, name: load_service(s, 0, "cpu", 1, folder, name))
+    release = threading.Event()
+    release.set()
+
+    def held_load(s, folder, name):
+        release.wait(10)
+        return load_service(s, 0, "cpu", 1, folder, name)
+
+    models = EngineModels(settings, "cpu", held_load)
     endpoint = Endpoint(models, socket_address(run_dir, 0), board, 0, drain_s=10)
     thread = threading.Thread(target=endpoint.serve, daemon=True)
     thread.start()
@@ -212,6 +219,12 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
         assert client.submit(text_side.encode(TEXTS[:2]), 10, model="lstm").result(10).scores.shape == (2, 7)
         with pytest.raises(ModelNotFound):
             client.submit(text_side.encode(TEXTS[:1]), 10, model="other").result(10)
+        release.clear()  # a slow load does not count against the invocations' in-flight cap while it waits
+        slow = ThreadPoolExecutor(1).submit(client.control, "load", "slow", str(demo_dir / "rnn"), "", 30)
+        time.sleep(0.3)
+        assert client._in_flight == 0 and not slow.done()
+        release.set()
+        assert not slow.result(30)[0].error_kind
         [unloaded] = client.control("unload", "lstm", "", "", 30)
         assert unloaded.detail["drained"] is True
         with pytest.raises(ModelNotFound):

@@ -156,6 +156,20 @@ def test_a_load_on_demand_that_failed_is_not_retried_at_once(demo_dir, tmp_path)
     assert not models._busy  # no second load started
 
 
+def test_warm_up_forwards_run_through_the_hook_given_before_the_warm_up(demo_dir):
+    """The engine stamps forwards on the board through that hook: a warm-up stuck in a device call is seen too."""
+    forwards: list[int] = []
+
+    def watch(service) -> None:
+        run_batch = service.batcher.run_batch
+        service.batcher.run_batch = lambda batch: (forwards.append(len(batch)), run_batch(batch))[1]
+
+    settings = Settings(backend="sim", model_dir=str(demo_dir / "roberta"))
+    service = load_service(settings, 0, "cpu", 1, before_warmup=watch)
+    assert forwards, "the warm-up ran no forward through the hook"
+    service.stop(5)
+
+
 def test_the_board_shows_the_oldest_forward_still_running():
     from serving.engine.main import Forwards
 
