@@ -189,8 +189,8 @@ class EngineModels:
         let its queued requests finish, and free its memory. A `generation` other than the one held is not this
         load of the name: ModelNotFound."""
         with self._lock:
-            service = self._services.get(name)
-            if service is None or name in self._busy or generation and generation != self._generations.get(name):
+            other_load = bool(generation) and generation != self._generations.get(name)
+            if name not in self._services or name in self._busy or other_load:
                 raise ModelNotFound(f"model {name!r} is not loaded on this engine")
             self._busy.add(name)
         try:
@@ -202,10 +202,7 @@ class EngineModels:
                     break
                 time.sleep(UNLOAD_GRACE_S - quiet)
             before = used_memory(self.on_gpu)
-            finished = service.stop(max(0.1, deadline - time.monotonic()))  # type: ignore[attr-defined]
-            self._forget(name)
-            del service
-            release_memory(self.on_gpu)
+            finished = self._take_out(name, max(0.1, deadline - time.monotonic()))
             after = used_memory(self.on_gpu)
             freed = {key: max(0, before[key] - after[key]) for key in after}
             log.info("model %s unloaded (%s)%s", name, freed, "" if finished else "; its queue did not drain in time")
@@ -214,26 +211,29 @@ class EngineModels:
             with self._lock:
                 self._busy.discard(name)
 
-    def _forget(self, name: str) -> None:
+    def _take_out(self, name: str, drain_s: float) -> bool:
+        """Finish `name`'s queued requests (within `drain_s`), forget it and free its memory (this is the last
+        reference to its service that the engine holds); whether it drained."""
+        service = self._services[name]
+        finished = service.stop(drain_s)  # type: ignore[attr-defined]
         self._services.pop(name, None)
         self._generations.pop(name, None)
         self._arrived.pop(name, None)
         metrics.model_memory_bytes.labels(name).set(0)
+        del service
+        release_memory(self.on_gpu)
+        return finished
 
     def _drop(self, name: str) -> None:
         """Let go of a model nobody routes to any more (not in the catalog): no grace, a short drain."""
         if self._listed(name):  # read outside the lock: the I/O thread takes it too
             return
         with self._lock:
-            service = self._services.get(name)
-            if service is None or name in self._busy or self._generations.get(name) is None:
+            if name not in self._services or name in self._busy or self._generations.get(name) is None:
                 return
             self._busy.add(name)
         try:
-            service.stop(1.0)  # type: ignore[attr-defined]
-            self._forget(name)
-            del service
-            release_memory(self.on_gpu)
+            self._take_out(name, 1.0)
             log.info("model %s is not in the catalog (a load rolled back, an unload this engine missed); let go",
                      name)
         finally:
@@ -258,7 +258,7 @@ class EngineModels:
         self._stopping = True
 
     def stop_all(self, drain_s: float) -> None:
-        self._stopping = True
+        self.refuse_loads()
         deadline = time.monotonic() + drain_s
         stoppers = [threading.Thread(target=s.stop, args=(max(0.1, deadline - time.monotonic()),),  # type: ignore[attr-defined]
                                      daemon=True) for s in list(self._services.values())]
@@ -291,19 +291,14 @@ def free_memory(on_gpu: bool) -> dict[str, int]:
 def used_memory(on_gpu: bool) -> dict[str, int]:
     """This process's resident memory and, on a GPU, the device memory in use as the driver counts it (torch's
     allocator and ONNX Runtime's alike): a load's cost, measured."""
-    used = {"host_bytes": resident_bytes()}
+    pages = int(Path("/proc/self/statm").read_text().split()[1])  # resident (Linux /proc: the container's OS)
+    used = {"host_bytes": pages * os.sysconf("SC_PAGE_SIZE")}
     if on_gpu:
         import torch
 
         free, total = torch.cuda.mem_get_info()
         used["device_bytes"] = int(total - free)
     return used
-
-
-def resident_bytes(pid: int | str = "self") -> int:
-    """A process's resident set (Linux /proc; the container's OS)."""
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _host_available() -> int:

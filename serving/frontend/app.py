@@ -44,13 +44,13 @@ class ModelState:
     @property
     def ready(self) -> bool:
         if self.models is not None:
-            return self.models.alive
+            return self.models.client.alive
         return self.handler is not None and (self.service is None or self.service.alive)
 
     @property
     def why_not_ready(self) -> str:
         if self.models is not None:
-            return self.models.why_not_alive()
+            return self.models.client.why_not_alive()
         if self.error:
             return f"model failed to load: {self.error}"
         service = self.service

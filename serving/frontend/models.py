@@ -53,13 +53,6 @@ class ModelSet:
         self._lock = threading.Lock()  # held for dict updates only, never while a text side loads
         self._building: dict[tuple[str, str], threading.Lock] = {}
 
-    @property
-    def alive(self) -> bool:
-        return self.client.alive
-
-    def why_not_alive(self) -> str:
-        return self.client.why_not_alive()
-
     # the request path
     def handler(self, name: str) -> Handler:
         """The loaded model's handler; 404 before any work when no such model is loaded."""
