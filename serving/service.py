@@ -6,11 +6,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,7 @@ SCHEMAS = ("serving", "huggingface")
 request_deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
 WARMUP_LENGTHS = (8, 16, 32, 64, 128, 256, 512)
 THRESHOLDS_FILE = "thresholds.json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,12 @@ class InferenceService:
                  self.batcher.padding)
 
     def classify(self, texts: Sequence[str], options: RequestOptions) -> Classification:
+        return drive(self.classify_steps(texts, options), self.score)
+
+    def classify_steps(self, texts: Sequence[str], options: RequestOptions) -> Steps[Classification]:
+        """Admit, tokenise, check; then (batching) yield the encoded texts with the request's deadline and take
+        their scores back; then the results. The thread path (classify) and the front end's event loop
+        (serving.frontend.asgi) drive the same steps, each waiting for the scores its own way."""
         started = time.monotonic()
         deadline = request_deadline.get() or started + self.timeout_s
         if self.batching:
@@ -199,7 +207,7 @@ class InferenceService:
                 f"tokens (or {self.classifier.text_char_limit} characters) and truncation was turned off"
             )
         if self.batching:
-            outcome = self._batched(encoded, deadline - time.monotonic())
+            outcome = yield encoded, deadline
         else:
             if time.monotonic() > deadline:
                 raise RequestTimeout(f"no answer within {self.timeout_s} s")
@@ -213,31 +221,74 @@ class InferenceService:
         metrics.observe_request(len(results), truncated, tokenize_s, outcome.queue_s, outcome.compute_s)
         return Classification(results, tokenize_s, outcome.queue_s, outcome.compute_s)
 
-    def _batched(self, encoded: list[EncodedText], remaining_s: float) -> BatchedResult:
-        """Through the batcher; a request larger than half the queue (a batch transform's mini-batch) goes in
-        parts, the later ones waiting for room, so size alone never answers 429 and other requests keep a share."""
-        deadline = time.monotonic() + remaining_s
-        part = max(1, self.batcher.max_queue_texts // 2)
-        # A large request's parts (every one, the first too) wait until the queue holds at most half its limit
-        # with them: large requests take turns in that half, and the other half stays free for small ones.
-        multipart = len(encoded) > part
+    def score(self, encoded: list[EncodedText], deadline: float) -> BatchedResult:
+        """Through the batcher, waiting on this thread; a request larger than half the queue (a batch transform's
+        mini-batch) goes in parts (see parts())."""
+        size, multipart = parts(len(encoded), self.batcher.max_queue_texts)
         futures: list = []
         try:
-            for start in range(0, len(encoded), part):
+            for start in range(0, len(encoded), size):
                 left = max(deadline - time.monotonic(), 0.0)
-                futures.append(self.batcher.submit(encoded[start : start + part], left, wait_for_room=multipart,
-                                                   room=part))
+                futures.append(self.batcher.submit(encoded[start : start + size], left, wait_for_room=multipart,
+                                                   room=size))
             results = [f.result(timeout=max(deadline - time.monotonic(), 0.0)) for f in futures]
         except FutureTimeout as exc:
             raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
         finally:
             for future in futures:
                 future.cancel()  # no-op once settled; parts still queued are dropped before they cost compute
-        if len(results) == 1:
-            return results[0]
-        return BatchedResult(np.concatenate([r.scores for r in results]), max(r.queue_s for r in results),
-                             sum(r.compute_s for r in results))
+        return joined(results)
+
+    async def score_on_loop(self, encoded: list[EncodedText], deadline: float) -> BatchedResult:
+        """score() for a front end's event loop: the engines' replies are awaited, no thread waits."""
+        engines: Any = self.batcher  # an EngineClient or ModelQueue: only a front end's service runs on a loop
+        size, multipart = parts(len(encoded), engines.max_queue_texts)
+        pending: list = []
+        with engines.waiting():
+            try:
+                for start in range(0, len(encoded), size):
+                    left = max(deadline - time.monotonic(), 0.0)
+                    pending.append(engines.submit_on_loop(encoded[start : start + size], left,
+                                                          wait_for_room=multipart, room=size))
+                results = [await p.result(max(deadline - time.monotonic(), 0.0)) for p in pending]
+            except TimeoutError as exc:
+                raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc
+            finally:
+                for waiting in pending:
+                    waiting.cancel()
+        return joined(results)
 
     def stop(self, timeout_s: float) -> bool:
         return self.batcher.stop(timeout_s)
 
+
+
+Steps = Generator[tuple[list[EncodedText], float], BatchedResult, T]  # yields (texts, deadline), gets their scores
+
+
+def drive(steps: Steps[T], score: Callable[[list[EncodedText], float], BatchedResult]) -> T:
+    """Run a request's steps on this thread, scoring what they ask with `score`."""
+    try:
+        ask = next(steps)
+        while True:
+            ask = steps.send(score(*ask))
+    except StopIteration as done:
+        return done.value
+    finally:
+        steps.close()
+
+
+def parts(texts: int, max_queue_texts: int) -> tuple[int, bool]:
+    """How a request's texts go to the batcher: (part size, whether in several parts). A request larger than half
+    the queue goes in parts, the later ones waiting for room, so size alone never answers 429 and other requests
+    keep a share: every part (the first too) waits until the queue holds at most half its limit with it, so large
+    requests take turns in that half and the other half stays free for small ones."""
+    size = max(1, max_queue_texts // 2)
+    return size, texts > size
+
+
+def joined(results: list[BatchedResult]) -> BatchedResult:
+    if len(results) == 1:
+        return results[0]
+    return BatchedResult(np.concatenate([r.scores for r in results]), max(r.queue_s for r in results),
+                         sum(r.compute_s for r in results))

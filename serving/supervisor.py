@@ -95,8 +95,10 @@ class Supervisor:
         gpus = sum(e.gpu is not None for e in self.engines)
         log.info("layout: %d front end(s) feeding %d engine(s), %s", self.frontends, len(self.engines),
                  f"one per GPU ({gpus})" if gpus else "simulated" if s.backend == "sim" else "on the CPU")
-        Server("serving.frontend.wsgi:create", address=s.host, port=s.port, interface=Interfaces.WSGI,
-               workers=self.frontends, blocking_threads=s.threads, backpressure=s.threads, factory=True,
+        # ASGI without lifespan events (the app has nothing to start or stop); past `backpressure` requests at
+        # once a front end stops reading new ones, so it is above the in-flight cap that answers 429 (s.threads).
+        Server("serving.frontend.asgi:create", address=s.host, port=s.port, interface=Interfaces.ASGINL,
+               workers=self.frontends, backpressure=2 * s.threads, factory=True,
                respawn_failed_workers=True, workers_kill_timeout=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S),
                log_access=False,
                log_level=LogLevels(s.log_level.lower()), working_dir=Path.cwd()).serve()

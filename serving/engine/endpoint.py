@@ -139,8 +139,9 @@ class Endpoint:
                 self._submit(identity, request, encoded, len(arrived) == 1)
 
     def _feed_part(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText]) -> None:
-        """Parts of one request (one front-end thread: one identity) wait for room in order on a thread of their
-        own; parts of different requests wait side by side, so one starved request holds up no other."""
+        """Parts of one request wait for room in order on a thread of their own, one per sending socket (identity):
+        the parts of requests from different front-end threads wait side by side, so one starved request holds up no
+        other; a front end's event loop sends on one socket, so its large requests take turns."""
         with self._parts_lock:
             parts = self._parts.get(identity)
             if parts is None:

@@ -97,60 +97,29 @@ class DirectRoutes:
         label = route
         model = ""  # a multi-model endpoint's loaded model this request was for
         try:
-            if method == "OPTIONS":
-                status, content_type, body, headers = 200, "text/html; charset=utf-8", b"", {"Allow": ALLOW[route]}
-            elif method not in METHODS[route]:
-                label = "unmatched"  # as Flask counts a wrong method
-                status, content_type, body, headers = _error(
-                    405, "method_not_allowed", "The method is not allowed for the requested URL.")
-                headers["Allow"] = ALLOW[route]
+            early = answer_method(method, route)
+            if early is not None:
+                label = label if early[0] == 200 else "unmatched"  # as Flask counts a wrong method
+                status, content_type, body, headers = early
             elif route == PING:
-                status, content_type, body, headers = self._ping()
+                self._report_queue()
+                status, content_type, body, headers = ping(self.state)
             elif self.state.models is not None:
-                model = self._model_name(environ, path)
+                model = model_name(path, environ.get(TARGET_MODEL_ENV, ""))
                 status, content_type, body, headers = self._invoke(environ, model)
             else:
                 status, content_type, body, headers = self._invoke(environ)
-        except ServingError as exc:
-            status, content_type, body, headers = _error(exc.status, exc.code, exc.message)
-            if exc.status == 429:
-                headers["Retry-After"] = "1"
-        except Exception:
-            log.exception("internal error in request %s", request_id)
-            status, content_type, body, headers = _error(
-                500, "internal_error", f"internal error (request id {request_id})")
+        except Exception as exc:
+            status, content_type, body, headers = answer_error(exc, request_id)
         finally:
             request_deadline.reset(token)
         if not self._drained(environ):  # the connection cannot carry another request:
             headers["Connection"] = "close"  # say so (granian passes it on; gunicorn drops it but closes anyway)
-        attributes = environ.get(CUSTOM_ATTRIBUTES_ENV)
-        if attributes is not None:
-            headers[CUSTOM_ATTRIBUTES] = attributes
-        headers["X-Request-Id"] = request_id
-        try:
-            record(method, path.encode("latin-1").decode("utf-8", "replace"), label, status, started, request_id)
-            if model and model in self.state.models.catalog.entries():  # never a label per unknown name sent
-                metrics.model_requests.labels(model, str(status)).inc()
-                metrics.model_latency.labels(model).observe(time.monotonic() - started)
-        except Exception:  # a metrics or log failure must not turn a finished answer into the server's own 500
-            log.exception("could not record request %s", request_id)
+        finish(headers, environ.get(CUSTOM_ATTRIBUTES_ENV), request_id, self.state.models, model,
+               (method, path.encode("latin-1").decode("utf-8", "replace"), label, status, started))
         head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers.items()]
         start_response(f"{status} {REASONS.get(status, '')}", head)
         return [b""] if method == "HEAD" else [body]
-
-    def _ping(self) -> Answer:
-        self._report_queue()
-        if self.state.ready:
-            return 200, "text/html; charset=utf-8", b"", {}
-        raise NotReady(self.state.why_not_ready)
-
-    def _model_name(self, environ: dict, path: str) -> str:
-        """The model a multi-model endpoint's request is for: the path's, else the TargetModel header's."""
-        name = model_in_path(path) or environ.get(TARGET_MODEL_ENV, "")
-        if not name:
-            raise BadRequest("this is a multi-model endpoint: name the model (POST /models/NAME/invoke, or the "
-                             "X-Amzn-SageMaker-Target-Model header)")
-        return check_name(name)
 
     def _invoke(self, environ: dict, model: str = "") -> Answer:
         accept = codecs.choose_accept(environ.get("HTTP_ACCEPT"))
@@ -215,6 +184,60 @@ class DirectRoutes:
             except Exception:  # too large, cut short, a malformed length or a broken stream: never in step again
                 environ[BODY_READ] = False
         return environ[BODY_READ]
+
+
+def answer_method(method: str, route: str) -> Answer | None:
+    """OPTIONS and a wrong method are answered before anything else (as Flask answers them)."""
+    if method == "OPTIONS":
+        return 200, "text/html; charset=utf-8", b"", {"Allow": ALLOW[route]}
+    if method not in METHODS[route]:
+        status, content_type, body, headers = _error(
+            405, "method_not_allowed", "The method is not allowed for the requested URL.")
+        return status, content_type, body, {**headers, "Allow": ALLOW[route]}
+    return None
+
+
+def ping(state) -> Answer:
+    if state.ready:
+        return 200, "text/html; charset=utf-8", b"", {}
+    raise NotReady(state.why_not_ready)
+
+
+def model_name(path: str, target_model: str) -> str:
+    """The model a multi-model endpoint's request is for: the path's, else the TargetModel header's."""
+    name = model_in_path(path) or target_model
+    if not name:
+        raise BadRequest("this is a multi-model endpoint: name the model (POST /models/NAME/invoke, or the "
+                         "X-Amzn-SageMaker-Target-Model header)")
+    return check_name(name)
+
+
+def answer_error(exc: Exception, request_id: str) -> Answer:
+    """A request's error as its answer: a ServingError's status and code, anything else a logged 500."""
+    if isinstance(exc, ServingError):
+        answer = _error(exc.status, exc.code, exc.message)
+        if exc.status == 429:
+            answer[3]["Retry-After"] = "1"
+        return answer
+    log.error("internal error in request %s", request_id, exc_info=exc)
+    return _error(500, "internal_error", f"internal error (request id {request_id})")
+
+
+def finish(headers: dict[str, str], attributes: str | None, request_id: str, models, model: str,
+           answered: tuple[str, str, str, int, float]) -> None:
+    """The headers every answer carries, then the request counted and logged; `answered` is (method, path, route
+    label, status, started), `model` the multi-model endpoint's model it was for (`models` its ModelSet)."""
+    if attributes is not None:
+        headers[CUSTOM_ATTRIBUTES] = attributes
+    headers["X-Request-Id"] = request_id
+    try:
+        record(*answered, request_id)
+        status, started = answered[3], answered[4]
+        if model and model in models.catalog.entries():  # never a label per unknown name sent
+            metrics.model_requests.labels(model, str(status)).inc()
+            metrics.model_latency.labels(model).observe(time.monotonic() - started)
+    except Exception:  # a metrics or log failure must not turn a finished answer into the server's own 500
+        log.exception("could not record request %s", request_id)
 
 
 def _error(status: int, code: str, message: str) -> Answer:

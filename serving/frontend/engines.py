@@ -7,13 +7,17 @@ DEALER socket per engine and receives its own replies: no thread hand-off on the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import cast
 
 import zmq
 
@@ -35,6 +39,7 @@ from serving.errors import NotReady, QueueFull, RequestTimeout, ServingError
 log = logging.getLogger(__name__)
 
 CHECK_S = 0.2  # while waiting for a reply, how often to look whether its engine is still the one it was sent to
+POLLIN, NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost per operation
 
 
 class EngineLost(NotReady):
@@ -56,6 +61,7 @@ class EngineClient:
         self._turn = itertools.count()
         self._in_flight = 0
         self._lock = threading.Lock()
+        self._loop: LoopChannel | None = None  # the event loop's sockets, once it has sent
 
     # what /ping and the metrics ask
     @property
@@ -97,6 +103,26 @@ class EngineClient:
 
     def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
                room: int | None = None, model: str = "", generation: str = "") -> PendingScores:
+        engine, request = self._addressed(encoded, timeout_s, wait_for_room, room, model, generation)
+        socket = self._socket(engine.index)
+        try:
+            socket.send(pack(request), zmq.NOBLOCK)
+        except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
+            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        self._started_waiting()
+        return PendingScores(self, socket, engine, request.request_id)
+
+    def submit_on_loop(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
+                       room: int | None = None, model: str = "", generation: str = "") -> LoopPending:
+        """submit() from the front end's event loop (called on it): the reply is awaited, no thread waits."""
+        if self._loop is None or self._loop.loop is not asyncio.get_running_loop():  # (tests run several loops)
+            self._loop = LoopChannel(self)
+        engine, request = self._addressed(encoded, timeout_s, wait_for_room, room, model, generation)
+        return self._loop.send(engine, request)
+
+    def _addressed(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool, room: int | None,
+                   model: str, generation: str) -> tuple[EngineStatus, ScoreRequest]:
+        """The engine to send to (the shortest queue, ties taken in turn) and the request for it."""
         ready = self._ready()
         if not ready:
             raise NotReady(self.why_not_alive())
@@ -105,16 +131,9 @@ class EngineClient:
         if not wait_for_room and engine.queued_texts + len(encoded) > self.max_queue_texts:
             raise QueueFull(f"queue is full ({engine.queued_texts} texts waiting, limit {self.max_queue_texts}); "
                             "retry later")
-        request = ScoreRequest(next(self._ids), engine.pid, time.monotonic() + timeout_s,
-                               [e.features for e in encoded], [e.length for e in encoded], wait_for_room, room, model,
-                               generation)
-        socket = self._socket(engine.index)
-        try:
-            socket.send(pack(request), zmq.NOBLOCK)
-        except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
-            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
-        self._started_waiting()
-        return PendingScores(self, socket, engine, request.request_id)
+        return engine, ScoreRequest(next(self._ids), engine.pid, time.monotonic() + timeout_s,
+                                    [e.features for e in encoded], [e.length for e in encoded], wait_for_room,
+                                    room, model, generation)
 
     def control(self, op: str, name: str, path: str, generation: str, timeout_s: float,
                 every_engine: bool = True) -> list[ControlReply]:
@@ -180,6 +199,18 @@ class EngineClient:
             with self._lock:
                 self._in_flight -= 1
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """One request of the event loop waits on the engines: it counts once in flight however many parts it
+        sent (a request thread counts itself in submit())."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
 
 class PendingScores:
     """One sent request; result() waits on the sending thread's own socket (the thread that submitted it)."""
@@ -226,9 +257,7 @@ class PendingScores:
         return settled
 
     def _check_engine(self) -> None:
-        now = self.client.board.read(self.engine.index)
-        if now.pid != self.engine.pid or now.state in (EngineState.DEAD, EngineState.FAILED) \
-                or (now.state == EngineState.READY and not now.serving) or not _running(now.pid):
+        if _lost(self.client.board, self.engine):
             raise EngineLost(f"engine {self.engine.index} stopped before answering; it is being restarted, retry")
 
     def cancel(self) -> bool:
@@ -238,6 +267,106 @@ class PendingScores:
             self._settled = True
             self.client._done()
         return True
+
+
+class LoopChannel:
+    """The engines as an event loop sees them: one DEALER per engine for the whole loop, read when the loop sees
+    its descriptor ready, each reply settling its request's future; a watch fails the waits of an engine that
+    stopped. Used only on the loop that first sent (a front end runs one). Plain sockets on the loop's own
+    selector: zmq.asyncio's futures per send and receive cost more host CPU than the rest of the channel."""
+
+    def __init__(self, client: EngineClient) -> None:
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.sockets: dict[int, zmq.Socket] = {}
+        self.waiting: dict[int, LoopPending] = {}
+        self.watch = self.loop.create_task(self._watch())  # held: the loop keeps only a weak reference
+
+    def send(self, engine: EngineStatus, request: ScoreRequest) -> LoopPending:
+        socket = self.sockets.get(engine.index)
+        if socket is None:
+            socket = self.sockets[engine.index] = self.client.context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(socket_address(self.client.run_dir, engine.index))
+            self.loop.add_reader(socket.getsockopt(zmq.FD), self._receive, socket)
+        try:
+            socket.send(pack(request), NOBLOCK)
+        except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
+            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        pending = LoopPending(self, engine, request.request_id)
+        self.waiting[request.request_id] = pending
+        if _readable(socket):  # ZeroMQ's descriptor signals edges: a send may take
+            self.loop.call_soon(self._receive, socket)  # the one that announced a waiting reply
+        return pending
+
+    def _receive(self, socket: zmq.Socket) -> None:
+        while _readable(socket):
+            try:
+                reply = unpack(socket.recv(NOBLOCK))
+            except zmq.Again:
+                return
+            except Exception:
+                log.exception("dropped an unreadable reply from an engine")
+                continue
+            pending = self.waiting.get(reply.request_id)
+            if pending is not None and isinstance(reply, ScoreReply) and not pending.future.done():
+                pending.future.set_result(reply)
+
+    async def _watch(self) -> None:
+        """Waits on an engine that stopped end at once with EngineLost (503), as a waiting thread's do."""
+        while True:
+            await asyncio.sleep(CHECK_S)
+            lost: dict[tuple[int, int], bool] = {}
+            for pending in list(self.waiting.values()):
+                engine = pending.engine
+                key = (engine.index, engine.pid)
+                if key not in lost:
+                    lost[key] = _lost(self.client.board, engine)
+                if lost[key] and not pending.future.done():
+                    pending.future.set_exception(EngineLost(
+                        f"engine {engine.index} stopped before answering; it is being restarted, retry"))
+
+
+class LoopPending:
+    """One request sent from the event loop; `await result(timeout)` gives its scores."""
+
+    def __init__(self, channel: LoopChannel, engine: EngineStatus, request_id: int) -> None:
+        self.channel = channel
+        self.engine = engine
+        self.request_id = request_id
+        self.sent_at = time.monotonic()
+        self.future: asyncio.Future[ScoreReply] = asyncio.get_running_loop().create_future()
+
+    async def result(self, timeout: float) -> BatchedResult:
+        """Raises TimeoutError when `timeout` passes first, EngineLost when the engine stopped first."""
+        try:
+            settled = await asyncio.wait_for(self.future, timeout)
+        finally:
+            self.cancel()
+        settled.raise_error()
+        metrics.channel_seconds.observe(max(0.0, time.monotonic() - self.sent_at - settled.queue_s
+                                            - settled.compute_s))
+        assert settled.scores is not None
+        return BatchedResult(settled.scores, settled.queue_s, settled.compute_s)
+
+    def cancel(self) -> None:
+        """Stop waiting: a late reply is dropped (the engine drops queued parts once their deadline passes)."""
+        self.channel.waiting.pop(self.request_id, None)
+        if not self.future.done():
+            self.future.cancel()
+        elif not self.future.cancelled():
+            self.future.exception()  # seen: an engine's loss set on a part nobody awaits is not logged as lost
+
+
+def _readable(socket: zmq.Socket) -> bool:
+    return bool(cast(int, socket.getsockopt(zmq.EVENTS)) & POLLIN)
+
+
+def _lost(board: Board, engine: EngineStatus) -> bool:
+    """Whether the engine a request was sent to has stopped (or been replaced) since."""
+    now = board.read(engine.index)
+    return (now.pid != engine.pid or now.state in (EngineState.DEAD, EngineState.FAILED)
+            or (now.state == EngineState.READY and not now.serving) or not _running(now.pid))
 
 
 def _running(pid: int) -> bool:
@@ -278,3 +407,11 @@ class ModelQueue:
                room: int | None = None) -> PendingScores:
         return self.client.submit(encoded, timeout_s, wait_for_room, room, model=self.name,
                                   generation=self.generation)
+
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
+        return self.client.waiting()
+
+    def submit_on_loop(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
+                       room: int | None = None) -> LoopPending:
+        return self.client.submit_on_loop(encoded, timeout_s, wait_for_room, room, model=self.name,
+                                          generation=self.generation)

@@ -30,6 +30,8 @@ from serving.service import (
     Classification,
     InferenceService,
     RequestOptions,
+    Steps,
+    drive,
     parse_custom_attributes,
     request_deadline,
 )
@@ -195,13 +197,32 @@ class Handler:
             return self._invoke(body, content_type, accept, custom_attributes)
 
     def _invoke(self, body: bytes, content_type: str, accept: str, custom_attributes: str | None) -> Reply:
+        steps = self.steps(body, content_type, accept, custom_attributes)
+        return drive(steps, self.model.score) if isinstance(self.model, InferenceService) else drive(steps, _never)
+
+    @property
+    def runs_on_loop(self) -> bool:
+        """Whether an event loop may drive this handler's steps: no user code (which may block), a service fed by
+        the engines (whose replies the loop can await)."""
+        return (self.gate is None and isinstance(self.model, InferenceService) and self.model.remote
+                and self.input_fn is default_input_fn and self.predict_fn is default_predict_fn
+                and not self.user_output and self.transform_fn is None)
+
+    def steps(self, body: bytes, content_type: str, accept: str, custom_attributes: str | None) -> Steps[Reply]:
+        """The invocation as steps (serving.service.drive runs them): the scores are asked of the caller."""
         if self.transform_fn is not None:
             return _reply(self.transform_fn(self.model, body, content_type, accept), accept)
         data = self.input_fn(body, content_type)
         if isinstance(data, codecs.DecodedRequest) and custom_attributes:
             data = dataclasses.replace(
                 data, parameters={**parse_custom_attributes(custom_attributes), **data.parameters})
-        prediction = self.predict_fn(data, self.model)
+        if self.predict_fn is default_predict_fn and isinstance(self.model, InferenceService):
+            request = as_request(data)
+            options = RequestOptions.parse(request.parameters)
+            classification = yield from self.model.classify_steps(request.texts, options)
+            prediction: Any = Prediction(classification, request, options, self.model.labels)
+        else:
+            prediction = self.predict_fn(data, self.model)
         shown = prediction
         if self.user_output and isinstance(prediction, Prediction):  # user code may json.dumps the scores
             shown = dataclasses.replace(prediction, classification=dataclasses.replace(
@@ -210,6 +231,10 @@ class Handler:
         if isinstance(prediction, Prediction):
             reply.headers.update(timing_headers(prediction.classification))
         return reply
+
+
+def _never(*_: Any) -> Any:
+    raise AssertionError("only an InferenceService's steps ask for scores")
 
 
 def _reply(output: Any, accept: str) -> Reply:

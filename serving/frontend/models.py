@@ -56,12 +56,7 @@ class ModelSet:
     # the request path
     def handler(self, name: str) -> Handler:
         """The loaded model's handler; 404 before any work when no such model is loaded."""
-        if self.catalog.version != self._pruned_at:
-            self._forget_unlisted()
-        entry = self.catalog.get(name)
-        if entry is None or entry.state != READY:
-            raise ModelNotFound(f"model {name!r} is not loaded"
-                                + (f" (it is {entry.state})" if entry is not None else ""))
+        entry = self._loaded(name)
         known = self._handlers.get(name)
         if known is not None and known[0] == entry.generation:
             return known[1]
@@ -77,8 +72,23 @@ class ModelSet:
                         self._handlers[name] = known
         return known[1]
 
+    def built(self, name: str) -> Handler | None:
+        """handler() when its text side is already loaded here (a look-up an event loop may make), else None."""
+        entry = self._loaded(name)
+        known = self._handlers.get(name)
+        return known[1] if known is not None and known[0] == entry.generation else None
+
+    def _loaded(self, name: str) -> Entry:
+        if self.catalog.version != self._pruned_at:
+            self._forget_unlisted()
+        entry = self.catalog.get(name)
+        if entry is None or entry.state != READY:
+            raise ModelNotFound(f"model {name!r} is not loaded"
+                                + (f" (it is {entry.state})" if entry is not None else ""))
+        return entry
+
     def _build(self, name: str, model_dir: Path, generation: str) -> Handler:
-        from serving.frontend.wsgi import load_text_side
+        from serving.frontend.asgi import load_text_side
 
         text_side = load_text_side(model_dir, self.settings)
         queue = ModelQueue(self.client, name, generation)

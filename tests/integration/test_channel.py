@@ -3,6 +3,7 @@ simulated accelerator) served on its ipc socket, and the front end's EngineClien
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -257,3 +258,107 @@ def test_an_unreadable_message_is_dropped_and_the_engine_keeps_serving(demo_dir,
         raw.close()
         assert caplog.text.count("dropped a message") == 4
         assert client.submit(service.classifier.encode(TEXTS[:1]), 10).result(10).scores.shape == (1, 7)
+
+
+# The same channel from a front end's event loop (serving.frontend.asgi): one socket per engine for the loop, the
+# replies read when the loop sees the socket ready.
+
+def on_loop(coroutine_function, *args):
+    """Run it on a fresh event loop, as a front end runs its requests."""
+    return asyncio.run(coroutine_function(*args))
+
+
+def test_requests_on_an_event_loop_get_their_own_scores(demo_dir, tmp_path):
+    with engine(tmp_path, backend="torch", model_dir=str(demo_dir / "rnn")) as (client, _, service, _):
+        expected = service.classifier.predict(TEXTS)
+
+        async def score(i: int):
+            texts = [TEXTS[(i + k) % len(TEXTS)] for k in range(1 + i % 3)]
+            with client.waiting():
+                return (await client.submit_on_loop(service.classifier.encode(texts), 10).result(10)).scores, texts
+
+        async def all_of_them():
+            return await asyncio.gather(*(score(i) for i in range(64)))
+
+        for scores, texts in on_loop(all_of_them):
+            np.testing.assert_allclose(scores, [expected[TEXTS.index(t)] for t in texts], atol=1e-5)
+        assert client._in_flight == 0
+
+
+def test_on_a_loop_a_reply_that_comes_while_nothing_else_happens_is_read(demo_dir, tmp_path):
+    """ZeroMQ's descriptor signals edges: the loop must not wait for further traffic to read a reply."""
+    with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, _):
+        async def two():
+            first = client.submit_on_loop(service.classifier.encode(["first"]), 10)
+            await asyncio.sleep(0.05)  # the first is running
+            started = time.monotonic()
+            second = client.submit_on_loop(service.classifier.encode(["second"]), 10)
+            results = await asyncio.wait_for(asyncio.gather(first.result(10), second.result(10)), 5)
+            return results, time.monotonic() - started
+
+        (first, second), waited = on_loop(two)
+        assert first.scores.shape == second.scores.shape == (1, 7)
+        assert 0.45 < waited < 3  # its own forward after the first's, read as soon as it came
+
+
+def test_on_a_loop_an_engine_replaced_while_a_request_waits_answers_503_within_a_fraction_of_a_second(
+        demo_dir, tmp_path):
+    with engine(tmp_path, **sim(demo_dir, 3000)) as (client, board, service, _):
+        async def lost():
+            pending = client.submit_on_loop(service.classifier.encode(["slow"]), 30)
+            board.write(0, pid=os.getpid() + 100000, state=EngineState.DEAD)  # what the supervisor writes
+            started = time.monotonic()
+            with pytest.raises(EngineLost) as raised:
+                await pending.result(30)
+            return time.monotonic() - started, raised.value
+
+        waited, error = on_loop(lost)
+        assert waited < 1.0 and error.status == 503
+        board.write(0, pid=os.getpid(), state=EngineState.READY)
+
+
+def test_on_a_loop_a_request_past_its_deadline_stops_waiting_and_the_next_is_answered(demo_dir, tmp_path):
+    from serving.errors import RequestTimeout
+    from serving.service import InferenceService, RequestOptions
+
+    with engine(tmp_path, **sim(demo_dir, 400)) as (client, _, service, _):
+        front = InferenceService(service.classifier, Settings(timeout_s=1), None, queue=client)
+
+        async def late_then_next():
+            steps = front.classify_steps(["slow"], RequestOptions())
+            texts, _ = next(steps)
+            with pytest.raises(RequestTimeout):
+                await front.score_on_loop(texts, time.monotonic() + 0.1)
+            assert client._in_flight == 0 and not client._loop.waiting
+            await asyncio.sleep(0.5)  # its late reply comes and is dropped
+            texts, _ = next(front.classify_steps(["next"], RequestOptions()))
+            return await front.score_on_loop(texts, time.monotonic() + 5)
+
+        assert on_loop(late_then_next).scores.shape == (1, 7)
+
+
+def test_on_a_loop_a_request_over_half_the_queue_goes_in_parts_and_counts_once_in_flight(demo_dir, tmp_path):
+    from serving.frontend.asgi import drive_on_loop
+    from serving.service import InferenceService, RequestOptions
+
+    with engine(tmp_path, **sim(demo_dir, 10, max_queue_texts=16)) as (client, _, service, _):
+        front = InferenceService(service.classifier, Settings(max_queue_texts=16), None, queue=client)
+        texts = [f"text number {i}" for i in range(200)]
+        seen = []
+
+        async def watch():
+            while True:
+                seen.append(client._in_flight)
+                await asyncio.sleep(0.005)
+
+        async def big():
+            watcher = asyncio.get_running_loop().create_task(watch())
+            result = await drive_on_loop(front.classify_steps(texts, RequestOptions()), front.score_on_loop,
+                                         time.monotonic() + 30)
+            watcher.cancel()
+            return result
+
+        result = on_loop(big)
+        assert len(result.results) == 200
+        assert max(seen) == 1, max(seen)  # one request in flight, however many parts it sent
+        assert client._in_flight == 0

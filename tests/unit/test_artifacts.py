@@ -138,7 +138,7 @@ def test_an_unknown_architecture_is_refused(copied):
 def test_a_roberta_config_with_bad_fields_is_refused_by_the_text_side_too(demo_dir, tmp_path, changes, message):
     """The front end reads config.json without transformers: what transformers would refuse, or read otherwise,
     is refused there too, by name, not left for the engine to trip over."""
-    from serving.frontend.wsgi import RobertaTextSide
+    from serving.frontend.asgi import RobertaTextSide
 
     folder = tmp_path / "roberta"
     shutil.copytree(demo_dir / "roberta", folder)
@@ -152,7 +152,7 @@ def test_a_roberta_config_with_bad_fields_is_refused_by_the_text_side_too(demo_d
 def test_the_roberta_text_side_reads_what_transformers_reads(demo_dir, tmp_path):
     from transformers import RobertaConfig
 
-    from serving.frontend.wsgi import RobertaTextSide
+    from serving.frontend.asgi import RobertaTextSide
 
     folder = tmp_path / "roberta"
     shutil.copytree(demo_dir / "roberta", folder)

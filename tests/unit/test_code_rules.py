@@ -74,7 +74,7 @@ def test_a_front_end_tokenises_without_torch(demo_dir, family):
     each import cost seconds of start and hundreds of MB per process, for nothing a front end uses."""
     code = (
         "import sys; from pathlib import Path; from serving.config import Settings; "
-        "from serving.frontend.wsgi import load_text_side; "
+        "from serving.frontend.asgi import load_text_side; "
         f"text = load_text_side(Path({str(demo_dir / family)!r}), Settings()); "
         "assert text.encode(['hello, world'])[0].length > 0; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"

@@ -1,0 +1,267 @@
+"""The front-end process's app (engines layout): ASGI on granian's event loop, the Flask app behind it.
+
+Invocations and /ping are answered on the loop (LoopRoutes): a request waiting for the engines holds no thread.
+A WSGI front end needs a thread per waiting request, and at the concurrency a GPU needs, the threads' turns at
+the GIL cost more host CPU than the request's own work (BENCHMARKS.md). Every other route (the /models API,
+metrics, OpenAPI, 404s) goes to the same Flask app as the workers layout, on a few threads (a2wsgi); so does an
+invocation whose handler runs user code, which may block.
+
+granian imports `create` in each front-end process (serving.supervisor starts them); the server's settings and its
+run folder (channel sockets, status board) come from the folder named by serving.board.RUN_DIR_ENV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging.config
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from a2wsgi import WSGIMiddleware
+from flask import Flask
+
+from serving.board import RUN_DIR_ENV
+from serving.channel import BatchedResult
+from serving.classifier import Classifier, EncodedText, Scores
+from serving.config import Settings
+from serving.errors import BadRequest, NotReady, PayloadTooLarge
+from serving.frontend import codecs
+from serving.frontend.app import ModelState
+from serving.frontend.direct import (
+    MODEL_INVOKE,
+    PING,
+    Answer,
+    answer_error,
+    answer_method,
+    finish,
+    model_name,
+    ping,
+    route_of,
+    too_large,
+)
+from serving.models.rnn_text import RNNText
+from serving.models.roberta_text import RobertaText
+from serving.service import Steps, request_deadline
+
+T = TypeVar("T")
+FALLBACK_THREADS = 8  # for the Flask routes: metrics, OpenAPI, the /models API (a load holds one for its length)
+READ_HEADERS = {b"content-length", b"content-type", b"accept", b"transfer-encoding", b"x-amzn-requestid",
+                b"x-amzn-sagemaker-custom-attributes", b"x-amzn-sagemaker-target-model"}
+
+
+class _NoModel:
+    def predict_encoded(self, batch: Sequence[EncodedText]) -> Scores:
+        raise RuntimeError("a front end has no model: the engines score")
+
+
+class RobertaTextSide(_NoModel, RobertaText):
+    """The RoBERTa folder's tokenizer, labels and limits, without its weights."""
+
+
+class RNNTextSide(_NoModel, RNNText):
+    """The LSTM folder's word splitting and memory-mapped fastText vectors, without the LSTM."""
+
+
+def load_text_side(model_dir: Path, settings: Settings) -> Classifier:
+    from serving.artifacts import detect_family, with_input_caps
+
+    side = RNNTextSide if detect_family(model_dir) == "rnn" else RobertaTextSide
+    text = side(model_dir, "engines", settings.max_length or None)
+    return with_input_caps(text, settings.max_text_chars, settings.max_word_chars)
+
+
+class LoopRoutes:
+    """The ASGI app a front end runs: invocations and /ping here, the rest through `fallback` (Flask on threads).
+
+    Answers, errors, headers, logs and metrics are serving.frontend.direct's, so a client cannot tell which
+    layout answered."""
+
+    def __init__(self, fallback: Flask, state: ModelState, settings: Settings) -> None:
+        self.fallback = WSGIMiddleware(cast(Any, fallback), workers=FALLBACK_THREADS)
+        self.state = state
+        self.settings = settings
+        self.blocking = ThreadPoolExecutor(max(4, settings.threads // 4), thread_name_prefix="user-code")
+
+    async def __call__(self, scope: Any, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "/")
+        route = route_of(path) if scope["type"] == "http" else None
+        if route is None or route == MODEL_INVOKE and self.state.models is None:
+            return await self._fallback(scope, receive, send)
+        started = time.monotonic()
+        method = scope["method"].upper()
+        headers = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in READ_HEADERS}
+        request_id = headers.get("x-amzn-requestid") or uuid.uuid4().hex
+        label = route
+        model = ""  # a multi-model endpoint's loaded model this request was for
+        body = Body(receive, headers, self.settings.max_payload_bytes)
+        try:
+            early = answer_method(method, route)
+            if early is not None:
+                label = label if early[0] == 200 else "unmatched"  # as Flask counts a wrong method
+                status, content_type, payload, extra = early
+            elif route == PING:
+                status, content_type, payload, extra = ping(self.state)
+            else:
+                if self.state.models is not None:
+                    model = model_name(path, headers.get("x-amzn-sagemaker-target-model", ""))
+                deadline = started + self.settings.timeout_s  # reading the body counts against it
+                status, content_type, payload, extra = await self._invoke(body, headers, model, deadline)
+        except Exception as exc:
+            status, content_type, payload, extra = answer_error(exc, request_id)
+        if not await body.drained():  # the connection cannot carry another request: say so
+            extra["Connection"] = "close"
+        finish(extra, headers.get("x-amzn-sagemaker-custom-attributes"), request_id, self.state.models, model,
+               (method, path, label, status, started))
+        head = [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode()),
+                *((name.encode("latin-1"), value.encode("latin-1")) for name, value in extra.items())]
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
+
+    async def _fallback(self, scope: Any, receive: Callable, send: Callable) -> None:
+        """Flask, on a2wsgi's threads, which hand the loop a coroutine to read the body: granian's awaitable is not
+        one."""
+        async def receive_message() -> Any:
+            return await receive()
+
+        await self.fallback(scope, receive_message, send)
+
+    async def _invoke(self, body: Body, headers: dict[str, str], model: str, deadline: float) -> Answer:
+        accept = codecs.choose_accept(headers.get("accept"))
+        data = await body.read()
+        state = self.state
+        if not state.ready:
+            raise NotReady(state.why_not_ready)
+        if model:  # its text side is loaded on a thread the first time
+            handler = state.models.built(model) or await self._blocking(deadline, state.models.handler, model)
+        else:
+            handler = state.handler
+        if handler is None:
+            raise NotReady(state.why_not_ready)
+        content_type = headers.get("content-type") or codecs.JSON
+        attributes = headers.get("x-amzn-sagemaker-custom-attributes")
+        if handler.runs_on_loop:
+            steps = handler.steps(data, content_type, accept, attributes)
+            reply = await drive_on_loop(steps, handler.model.score_on_loop, deadline)
+        else:
+            reply = await self._blocking(deadline, handler.invoke, data, content_type, accept, attributes)
+        return 200, reply.content_type, reply.body, dict(reply.headers)
+
+    async def _blocking(self, deadline: float, function: Callable[..., T], *args: Any) -> T:
+        """`function` on a thread of its own, the request's deadline set there."""
+        def call() -> T:
+            request_deadline.set(deadline)
+            return function(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.blocking, contextvars.copy_context().run, call)
+
+
+async def drive_on_loop(steps: Steps[T], score: Callable[[list[EncodedText], float], Awaitable[BatchedResult]],
+                        deadline: float) -> T:
+    """serving.service.drive for the event loop: the scores are awaited. Each step runs with the request's deadline
+    set (and unset before the loop runs anything else), whatever context the server runs requests in."""
+    try:
+        ask = _step(steps, None, deadline)
+        while True:
+            ask = _step(steps, await score(*ask), deadline)
+    except StopIteration as done:
+        return done.value
+    finally:
+        steps.close()
+
+
+def _step(steps: Steps, value: Any, deadline: float) -> Any:
+    token = request_deadline.set(deadline)
+    try:
+        return steps.send(value)
+    finally:
+        request_deadline.reset(token)
+
+
+class Body:
+    """A request's body from ASGI messages, read as serving.frontend.direct reads it from WSGI: at most the
+    payload limit, a short body refused, not scored in part; drained() keeps the connection in step when an
+    answer came before the body was read."""
+
+    def __init__(self, receive: Callable, headers: dict[str, str], limit: int) -> None:
+        self.receive = receive
+        self.headers = headers
+        self.limit = limit
+        self.complete: bool | None = None  # True once read whole, False once given up on
+
+    async def read(self) -> bytes:
+        declared = self.headers.get("content-length")
+        length = None
+        if declared:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.complete = False
+                raise BadRequest(f"Content-Length must be a non-negative integer, got {declared!r}")
+            if length > self.limit:
+                self.complete = False
+                raise PayloadTooLarge(too_large(self.limit))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":  # the client went away
+                self.complete = False
+                raise BadRequest(f"the request body ended after {size} bytes")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                self.complete = False
+                raise PayloadTooLarge(too_large(self.limit))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if length is not None and size != length:
+            self.complete = False
+            raise BadRequest(f"the request body ended after {size} of its {length} bytes")
+        self.complete = True
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def drained(self) -> bool:
+        if self.complete is None:
+            if not self.headers.get("content-length") and \
+                    "chunked" not in self.headers.get("transfer-encoding", "").lower():
+                return True  # no body came
+            try:
+                await self.read()
+            except Exception:  # too large, cut short, a malformed length: never in step again
+                self.complete = False
+        return bool(self.complete)
+
+
+def create() -> LoopRoutes:
+    from serving.engine.main import read_settings
+    from serving.frontend.app import create_app
+    from serving.frontend.engines import EngineClient
+    from serving.frontend.handlers import Handler
+    from serving.server import LOG_CONFIG
+    from serving.service import InferenceService
+
+    run_dir = Path(os.environ[RUN_DIR_ENV])
+    settings = read_settings(run_dir)
+    logging.config.dictConfig(LOG_CONFIG)
+    model_dir = Path(settings.model_dir or ".")
+
+    client = EngineClient(run_dir, settings.max_queue_texts, max_in_flight=settings.threads)
+    if settings.multi_model:
+        from serving.frontend.models import ModelSet
+
+        app = create_app(settings, models=ModelSet(run_dir, settings, client))
+    else:
+        def build() -> Handler:
+            return Handler(InferenceService(load_text_side(model_dir, settings), settings, model_dir, queue=client))
+
+        app = create_app(settings, build_handler=build, load_in_background=False)
+    return LoopRoutes(app, app.extensions["model_state"], settings)
