@@ -1,9 +1,9 @@
 """The channel between front ends and engines: the records that cross it and how they are framed.
 
-ZeroMQ over Unix-domain (ipc) sockets in the server's private run folder: each engine binds a ROUTER, each front-end
-thread connects a DEALER of its own (a ZeroMQ socket belongs to one thread), so a request thread sends its texts
-and waits for its own reply with no hand-off to another thread. Chosen over pipes and shared memory because it
-frames messages, reconnects by itself to a restarted engine at the same address, and measured cheapest
+ZeroMQ over Unix-domain (ipc) sockets in the server's private run folder: each engine binds a ROUTER; a front end's
+event loop connects one DEALER per engine for all its requests, and any thread that talks to the engines (a model
+load, a test) a DEALER of its own (a ZeroMQ socket belongs to one thread). Chosen over pipes and shared memory
+because it frames messages, reconnects by itself to a restarted engine at the same address, and measured cheapest
 per request of what we tried (BENCHMARKS.md). Records are pickled: both ends are this package, and the socket
 folder is readable by the server's own user only.
 """

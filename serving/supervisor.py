@@ -98,7 +98,7 @@ class Supervisor:
         # ASGI without lifespan events (the app has nothing to start or stop); past `backpressure` requests at
         # once a front end stops reading new ones, so it is above the in-flight cap that answers 429 (s.threads).
         Server("serving.frontend.asgi:create", address=s.host, port=s.port, interface=Interfaces.ASGINL,
-               workers=self.frontends, backpressure=2 * s.threads, factory=True,
+               workers=self.frontends, backpressure=2 * s.threads, factory=True, websockets=False,
                respawn_failed_workers=True, workers_kill_timeout=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S),
                log_access=False,
                log_level=LogLevels(s.log_level.lower()), working_dir=Path.cwd()).serve()

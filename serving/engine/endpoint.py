@@ -55,7 +55,7 @@ class Endpoint:
         self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
         self._stop = threading.Event()
         self._parent = parent if parent is not None else os.getppid()  # the supervisor, read before loading
-        self._parts: dict[bytes, queue.SimpleQueue] = {}  # per front-end thread: its request's parts, in order
+        self._parts: dict[tuple, queue.SimpleQueue] = {}  # per sender and model: its requests' parts, in order
         self._parts_lock = threading.Lock()
         self._io_thread = 0
         self.on_received = on_received
@@ -139,21 +139,24 @@ class Endpoint:
                 self._submit(identity, request, encoded, len(arrived) == 1)
 
     def _feed_part(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText]) -> None:
-        """Parts of one request wait for room in order on a thread of their own, one per sending socket (identity):
-        the parts of requests from different front-end threads wait side by side, so one starved request holds up no
-        other; a front end's event loop sends on one socket, so its large requests take turns."""
+        """Parts of one request wait for room in order on a thread of their own, one per sending socket (identity)
+        and model: the parts of requests from different front-end threads, or for different models, wait side by
+        side, so one starved request holds up no other; a front end's event loop sends on one socket, so its large
+        requests for one model take turns."""
+        key = (identity, request.model, request.generation)
         with self._parts_lock:
-            parts = self._parts.get(identity)
+            parts = self._parts.get(key)
             if parts is None:
-                parts = self._parts[identity] = queue.SimpleQueue()
-                threading.Thread(target=self._feed_parts, args=(identity, parts), name="parts", daemon=True).start()
+                parts = self._parts[key] = queue.SimpleQueue()
+                threading.Thread(target=self._feed_parts, args=(identity, key, parts), name="parts",
+                                 daemon=True).start()
             parts.put((request, encoded))
 
-    def _feed_parts(self, identity: bytes, parts: queue.SimpleQueue) -> None:
+    def _feed_parts(self, identity: bytes, key: tuple, parts: queue.SimpleQueue) -> None:
         while True:
             with self._parts_lock:
                 if parts.empty():  # the request's last part is queued: this thread ends
-                    del self._parts[identity]
+                    del self._parts[key]
                     return
             request, encoded = parts.get()
             self._submit(identity, request, encoded, False)

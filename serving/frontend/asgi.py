@@ -3,8 +3,8 @@
 Invocations and /ping are answered on the loop (LoopRoutes): a request waiting for the engines holds no thread.
 A WSGI front end needs a thread per waiting request, and at the concurrency a GPU needs, the threads' turns at
 the GIL cost more host CPU than the request's own work (BENCHMARKS.md). Every other route (the /models API,
-metrics, OpenAPI, 404s) goes to the same Flask app as the workers layout, on a few threads (a2wsgi); so does an
-invocation whose handler runs user code, which may block.
+metrics, OpenAPI, 404s) goes to the same Flask app as the workers layout, on threads (a2wsgi); a large request's
+decoding, tokenising and answer run on a thread too, so the loop stays free for /ping and the other requests.
 
 granian imports `create` in each front-end process (serving.supervisor starts them); the server's settings and its
 run folder (channel sockets, status board) come from the folder named by serving.board.RUN_DIR_ENV.
@@ -13,7 +13,6 @@ run folder (channel sockets, status board) come from the folder named by serving
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging.config
 import os
 import time
@@ -50,7 +49,7 @@ from serving.models.roberta_text import RobertaText
 from serving.service import Steps, request_deadline
 
 T = TypeVar("T")
-FALLBACK_THREADS = 8  # for the Flask routes: metrics, OpenAPI, the /models API (a load holds one for its length)
+LOOP_BODY_MAX = 64 * 1024  # bytes: a larger request's steps run on a thread (some 160 texts of 40 words)
 READ_HEADERS = {b"content-length", b"content-type", b"accept", b"transfer-encoding", b"x-amzn-requestid",
                 b"x-amzn-sagemaker-custom-attributes", b"x-amzn-sagemaker-target-model"}
 
@@ -83,10 +82,11 @@ class LoopRoutes:
     layout answered."""
 
     def __init__(self, fallback: Flask, state: ModelState, settings: Settings) -> None:
-        self.fallback = WSGIMiddleware(cast(Any, fallback), workers=FALLBACK_THREADS)
+        # as many threads as a WSGI front end had: a model load holds one for its whole length
+        self.fallback = WSGIMiddleware(cast(Any, fallback), workers=settings.threads)
         self.state = state
         self.settings = settings
-        self.blocking = ThreadPoolExecutor(max(4, settings.threads // 4), thread_name_prefix="user-code")
+        self.threads = ThreadPoolExecutor(max(4, settings.threads // 4), thread_name_prefix="front-end")
 
     async def __call__(self, scope: Any, receive: Callable, send: Callable) -> None:
         path = scope.get("path", "/")
@@ -138,47 +138,50 @@ class LoopRoutes:
         if not state.ready:
             raise NotReady(state.why_not_ready)
         if model:  # its text side is loaded on a thread the first time
-            handler = state.models.built(model) or await self._blocking(deadline, state.models.handler, model)
+            handler = state.models.built(model) or await asyncio.get_running_loop().run_in_executor(
+                self.threads, state.models.handler, model)
         else:
             handler = state.handler
         if handler is None:
             raise NotReady(state.why_not_ready)
-        content_type = headers.get("content-type") or codecs.JSON
-        attributes = headers.get("x-amzn-sagemaker-custom-attributes")
-        if handler.runs_on_loop:
-            steps = handler.steps(data, content_type, accept, attributes)
-            reply = await drive_on_loop(steps, handler.model.score_on_loop, deadline)
-        else:
-            reply = await self._blocking(deadline, handler.invoke, data, content_type, accept, attributes)
+        steps = handler.steps(data, content_type=headers.get("content-type") or codecs.JSON, accept=accept,
+                              custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"))
+        # a large body's decoding, tokenising and answer take long enough to hold up /ping: a thread runs them
+        reply = await drive_on_loop(steps, handler.model.score_on_loop, deadline,
+                                    self.threads if len(data) > LOOP_BODY_MAX else None)
         return 200, reply.content_type, reply.body, dict(reply.headers)
-
-    async def _blocking(self, deadline: float, function: Callable[..., T], *args: Any) -> T:
-        """`function` on a thread of its own, the request's deadline set there."""
-        def call() -> T:
-            request_deadline.set(deadline)
-            return function(*args)
-
-        return await asyncio.get_running_loop().run_in_executor(self.blocking, contextvars.copy_context().run, call)
 
 
 async def drive_on_loop(steps: Steps[T], score: Callable[[list[EncodedText], float], Awaitable[BatchedResult]],
-                        deadline: float) -> T:
+                        deadline: float, executor: ThreadPoolExecutor | None = None) -> T:
     """serving.service.drive for the event loop: the scores are awaited. Each step runs with the request's deadline
-    set (and unset before the loop runs anything else), whatever context the server runs requests in."""
+    set (and unset before the loop runs anything else), whatever context the server runs requests in; with
+    `executor`, on one of its threads (a generator may resume on any thread, one at a time)."""
+    loop = asyncio.get_running_loop()
+    value: Any = None
     try:
-        ask = _step(steps, None, deadline)
         while True:
-            ask = _step(steps, await score(*ask), deadline)
-    except StopIteration as done:
-        return done.value
+            if executor is None:
+                done, asked = _step(steps, value, deadline)
+            else:
+                done, asked = await loop.run_in_executor(executor, _step, steps, value, deadline)
+            if done:
+                return asked
+            value = await score(*asked)
     finally:
-        steps.close()
+        try:
+            steps.close()
+        except ValueError:  # cancelled while a thread runs a step: the generator ends there, unasked
+            pass
 
 
-def _step(steps: Steps, value: Any, deadline: float) -> Any:
+def _step(steps: Steps, value: Any, deadline: float) -> tuple[bool, Any]:
+    """(False, what the steps ask for) or (True, their result): a StopIteration cannot cross a future."""
     token = request_deadline.set(deadline)
     try:
-        return steps.send(value)
+        return False, steps.send(value)
+    except StopIteration as done:
+        return True, done.value
     finally:
         request_deadline.reset(token)
 

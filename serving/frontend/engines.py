@@ -1,8 +1,9 @@
 """The front end's view of the engines: admission at the door, choosing an engine, and waiting for its answer.
 
 EngineClient stands where the local Batcher stands for InferenceService (admit, submit -> a pending result,
-queued_texts, alive), so the request path above it is the same in both layouts. Each request thread has its own
-DEALER socket per engine and receives its own replies: no thread hand-off on the way in or out.
+queued_texts, alive), so the request path above it is the same in both layouts. The front end's event loop sends
+with submit_on_loop and awaits the reply (LoopChannel); a thread sends with submit on a DEALER socket of its own and
+waits for its own replies on it: no thread hand-off on the way in or out either way.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class EngineLost(NotReady):
 
 class EngineClient:
     """Talks to every engine of the server at `run_dir`; at most `max_in_flight` requests of this process wait
-    on engines at once (more answer 429, so request threads stay free for /ping and for the 429s themselves)."""
+    on engines at once (more answer 429 at the door, before tokenising)."""
 
     def __init__(self, run_dir: Path, max_queue_texts: int, max_in_flight: int) -> None:
         self.run_dir = run_dir
@@ -316,15 +317,18 @@ class LoopChannel:
         """Waits on an engine that stopped end at once with EngineLost (503), as a waiting thread's do."""
         while True:
             await asyncio.sleep(CHECK_S)
-            lost: dict[tuple[int, int], bool] = {}
-            for pending in list(self.waiting.values()):
-                engine = pending.engine
-                key = (engine.index, engine.pid)
-                if key not in lost:
-                    lost[key] = _lost(self.client.board, engine)
-                if lost[key] and not pending.future.done():
-                    pending.future.set_exception(EngineLost(
-                        f"engine {engine.index} stopped before answering; it is being restarted, retry"))
+            try:
+                lost: dict[tuple[int, int], bool] = {}
+                for pending in list(self.waiting.values()):
+                    engine = pending.engine
+                    key = (engine.index, engine.pid)
+                    if key not in lost:
+                        lost[key] = _lost(self.client.board, engine)
+                    if lost[key] and not pending.future.done():
+                        pending.future.set_exception(EngineLost(
+                            f"engine {engine.index} stopped before answering; it is being restarted, retry"))
+            except Exception:  # never end the watch: a wait on a dead engine would last until its deadline
+                log.exception("could not check the engines")
 
 
 class LoopPending:

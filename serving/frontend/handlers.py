@@ -200,14 +200,6 @@ class Handler:
         steps = self.steps(body, content_type, accept, custom_attributes)
         return drive(steps, self.model.score) if isinstance(self.model, InferenceService) else drive(steps, _never)
 
-    @property
-    def runs_on_loop(self) -> bool:
-        """Whether an event loop may drive this handler's steps: no user code (which may block), a service fed by
-        the engines (whose replies the loop can await)."""
-        return (self.gate is None and isinstance(self.model, InferenceService) and self.model.remote
-                and self.input_fn is default_input_fn and self.predict_fn is default_predict_fn
-                and not self.user_output and self.transform_fn is None)
-
     def steps(self, body: bytes, content_type: str, accept: str, custom_attributes: str | None) -> Steps[Reply]:
         """The invocation as steps (serving.service.drive runs them): the scores are asked of the caller."""
         if self.transform_fn is not None:

@@ -86,8 +86,8 @@ def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(de
 
 
 def test_ping_answers_within_two_seconds_while_the_engine_is_saturated(demo_dir, tmp_path):
-    """8 request threads per front end and 64 clients: without the in-flight cap (half the threads) every thread
-    would wait on the engine and /ping would queue behind them."""
+    """64 clients, at most 8 waiting on the engine per front end (`--threads 8`; the rest answer 429 at the door):
+    /ping is answered on the front end's event loop however many wait."""
     with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "300", "--max-batch-size", "1", "--threads", "8") as server:
         stop = threading.Event()
 
@@ -110,6 +110,35 @@ def test_ping_answers_within_two_seconds_while_the_engine_is_saturated(demo_dir,
         assert max(seconds for _, seconds in pings) < 2.0, pings
         for t in threads:
             t.join(60)
+
+
+def test_ping_answers_while_the_same_front_end_decodes_and_tokenises_a_six_megabyte_request(demo_dir, tmp_path):
+    """A batch transform's mini-batch takes seconds to decode, tokenise and answer; a thread does that work, so the
+    front end's event loop still answers /ping (one front end: the request and the pings meet there)."""
+    words = "you are a thoroughly wonderful person and I hope your day goes well".split()
+    texts = [" ".join(words[(i + k) % len(words)] for k in range(40)) + f" {i}" for i in range(24000)]
+    with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "1", "--workers", "1") as server:
+        big: dict = {}
+
+        def send_big() -> None:
+            started = time.monotonic()
+            big["response"] = post(server.url, texts, timeout=120)
+            big["seconds"] = time.monotonic() - started
+
+        sender = threading.Thread(target=send_big)
+        sender.start()
+        pings = []
+        while sender.is_alive():
+            started = time.monotonic()
+            status = requests.get(server.url + "/ping", timeout=10).status_code
+            pings.append((status, time.monotonic() - started))
+            time.sleep(0.05)
+        sender.join()
+        assert big["response"].status_code == 200, big["response"].text[:300]
+        assert len(big["response"].json()["predictions"]) == len(texts)
+        assert big["seconds"] > 1.0 and len(pings) > 10, (big["seconds"], len(pings))  # the work took long
+        assert all(status == 200 for status, _ in pings), pings
+        assert max(seconds for _, seconds in pings) < 0.5, sorted(seconds for _, seconds in pings)[-5:]
 
 
 def test_overload_gets_429_with_retry_after_at_the_door_in_milliseconds(demo_dir, tmp_path):

@@ -301,6 +301,23 @@ def test_on_a_loop_a_reply_that_comes_while_nothing_else_happens_is_read(demo_di
         assert 0.45 < waited < 3  # its own forward after the first's, read as soon as it came
 
 
+def test_on_a_loop_a_reply_that_came_before_a_send_is_read_at_once(demo_dir, tmp_path):
+    """A send may take the ZeroMQ descriptor's one signal that a reply is waiting; the loop must read it then, not
+    when the next reply comes."""
+    with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, _):
+        async def two():
+            first = client.submit_on_loop(service.classifier.encode(["first"]), 10)
+            time.sleep(0.6)  # the loop is busy: the first's reply arrives meanwhile, unread
+            sent = time.monotonic()
+            second = client.submit_on_loop(service.classifier.encode(["second"]), 10)
+            await first.result(5)
+            first_after = time.monotonic() - sent
+            await second.result(5)
+            return first_after
+
+        assert on_loop(two) < 0.2  # not after the second's 300 ms forward
+
+
 def test_on_a_loop_an_engine_replaced_while_a_request_waits_answers_503_within_a_fraction_of_a_second(
         demo_dir, tmp_path):
     with engine(tmp_path, **sim(demo_dir, 3000)) as (client, board, service, _):

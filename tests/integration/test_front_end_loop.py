@@ -1,0 +1,105 @@
+"""The engines layout's ASGI front end (serving.frontend.asgi.LoopRoutes) in-process, fed ASGI messages as granian
+feeds them: the answers before any model work (methods, body limits, cut-short bodies, a client gone) are
+serving.frontend.direct's, headers included, and the connection is closed when its body was not read whole."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from serving.config import Settings
+from serving.frontend.app import create_app
+from serving.frontend.asgi import LoopRoutes
+
+LIMIT = 1024  # bytes: max_payload_mb below
+
+
+@pytest.fixture
+def app() -> LoopRoutes:
+    settings = Settings(max_payload_mb=LIMIT / 1024 / 1024)
+    flask_app = create_app(settings)  # no model: invocations that get past their body answer 503
+    return LoopRoutes(flask_app, flask_app.extensions["model_state"], settings)
+
+
+def call(app: LoopRoutes, method: str, path: str, headers: dict[str, str], chunks: list[bytes] | None = None,
+         disconnect: bool = False) -> tuple[int, dict[str, str], bytes, int]:
+    """Status, headers, body and how many body messages the app read."""
+    chunks = chunks or [b""]
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    if disconnect:
+        messages = [{**messages[0], "more_body": True}, {"type": "http.disconnect"}]
+    read = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        read.append(1)
+        return messages[min(len(read), len(messages)) - 1]
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http", "method": method,
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000),
+             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    start, *rest = sent
+    answered = {k.decode().lower(): v.decode("latin-1") for k, v in start["headers"]}
+    return start["status"], answered, b"".join(m.get("body", b"") for m in rest), len(read)
+
+
+def test_options_and_a_wrong_method_are_answered_as_flask_answers_them(app):
+    status, headers, body, _ = call(app, "OPTIONS", "/invocations", {})
+    assert status == 200 and headers["allow"] == "OPTIONS, POST" and body == b""
+    status, headers, body, _ = call(app, "DELETE", "/invocations", {})
+    assert status == 405 and headers["allow"] == "OPTIONS, POST"
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
+
+
+def test_ping_and_head_say_why_not_ready(app):
+    status, headers, body, _ = call(app, "GET", "/ping", {"X-Amzn-RequestId": "req-1"})
+    assert status == 503 and headers["x-request-id"] == "req-1"
+    assert json.loads(body)["error"]["code"] == "not_ready"
+    status, _, body, _ = call(app, "HEAD", "/ping", {})
+    assert status == 503 and body == b""
+
+
+def test_a_declared_length_over_the_limit_is_refused_unread_and_the_connection_closed(app):
+    status, headers, body, read = call(app, "POST", "/invocations", {"Content-Length": str(LIMIT + 1)}, [b"x"])
+    assert status == 413 and headers["connection"] == "close" and read == 0
+    assert json.loads(body)["error"]["code"] == "request_entity_too_large"
+
+
+def test_a_chunked_body_is_refused_once_past_the_limit(app):
+    chunks = [b"x" * 600, b"x" * 600, b"x" * 600]
+    status, headers, _, read = call(app, "POST", "/invocations", {"Transfer-Encoding": "chunked"}, chunks)
+    assert status == 413 and headers["connection"] == "close" and read == 2
+
+
+def test_a_body_shorter_than_its_length_or_a_client_gone_is_refused_not_scored_in_part(app):
+    status, headers, body, _ = call(app, "POST", "/invocations", {"Content-Length": "100"}, [b'{"inputs": "a"}'])
+    assert status == 400 and headers["connection"] == "close"
+    assert "ended after 15 of its 100 bytes" in json.loads(body)["error"]["message"]
+    status, headers, _, _ = call(app, "POST", "/invocations", {"Content-Length": "100"}, [b"x" * 10], disconnect=True)
+    assert status == 400 and headers["connection"] == "close"
+    status, headers, _, _ = call(app, "POST", "/invocations", {"Content-Length": "abc"}, [b"x"])
+    assert status == 400 and headers["connection"] == "close"
+
+
+def test_an_answer_given_before_the_body_was_read_keeps_the_connection_when_the_body_can_be_read(app):
+    chunks = [b'{"inputs": "a"}']
+    status, headers, _, read = call(app, "DELETE", "/invocations", {"Content-Length": str(len(chunks[0]))}, chunks)
+    assert status == 405 and "connection" not in headers and read == 1  # read and dropped: in step
+    status, headers, _, _ = call(app, "POST", "/invocations", {"Content-Length": str(len(chunks[0])),
+                                 "X-Amzn-SageMaker-Custom-Attributes": "truncate=false"}, chunks)
+    assert status == 503 and "connection" not in headers  # read whole, then no model
+    assert headers["x-amzn-sagemaker-custom-attributes"] == "truncate=false"
+
+
+def test_other_routes_are_flask_s(app):
+    status, _, body, _ = call(app, "GET", "/execution-parameters", {})
+    assert status == 200 and json.loads(body)["BatchStrategy"] == "MULTI_RECORD"
+    status, _, body, _ = call(app, "GET", "/nowhere", {})
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
