@@ -32,7 +32,8 @@ class Settings:
     workers_per_gpu: int = field(default=1, metadata={"help": "workers (each its own model copy) per GPU when "
                                                               "workers is 0"})
     threads: int = field(default=128, metadata={"help": "request threads per worker (in-flight requests); "
-                                                        "engines: requests a front end has waiting on them"})
+                                                        "engines: requests a front end has waiting on them, and "
+                                                        "its threads for the other routes"})
     timeout_s: int = field(default=55, metadata={
         "help": "seconds from a request's arrival to its answer, else 504; under SageMaker's own 60 s so the "
                 "client gets our error (SAGEMAKER_MODEL_SERVER_TIMEOUT)"})

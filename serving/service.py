@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -250,6 +251,8 @@ class InferenceService:
                     left = max(deadline - time.monotonic(), 0.0)
                     pending.append(engines.submit_on_loop(encoded[start : start + size], left,
                                                           wait_for_room=multipart, room=size))
+                    if multipart:
+                        await asyncio.sleep(0)  # packing each part takes a while: let other requests run between
                 results = [await p.result(max(deadline - time.monotonic(), 0.0)) for p in pending]
             except TimeoutError as exc:
                 raise RequestTimeout(f"no answer within {self.timeout_s} s") from exc

@@ -29,7 +29,7 @@ from serving.board import RUN_DIR_ENV
 from serving.channel import BatchedResult
 from serving.classifier import Classifier, EncodedText, Scores
 from serving.config import Settings
-from serving.errors import BadRequest, NotReady, PayloadTooLarge
+from serving.errors import BadRequest, NotReady, PayloadTooLarge, RequestTimeout
 from serving.frontend import codecs
 from serving.frontend.app import ModelState
 from serving.frontend.direct import (
@@ -49,7 +49,9 @@ from serving.models.roberta_text import RobertaText
 from serving.service import Steps, request_deadline
 
 T = TypeVar("T")
-LOOP_BODY_MAX = 64 * 1024  # bytes: a larger request's steps run on a thread (some 160 texts of 40 words)
+# bytes: a larger request's steps run on a thread (about 75 texts of 40 words; at most some 4,000 one-letter texts,
+# tens of milliseconds of work on the loop)
+LOOP_BODY_MAX = 16 * 1024
 READ_HEADERS = {b"content-length", b"content-type", b"accept", b"transfer-encoding", b"x-amzn-requestid",
                 b"x-amzn-sagemaker-custom-attributes", b"x-amzn-sagemaker-target-model"}
 
@@ -86,7 +88,9 @@ class LoopRoutes:
         self.fallback = WSGIMiddleware(cast(Any, fallback), workers=settings.threads)
         self.state = state
         self.settings = settings
-        self.threads = ThreadPoolExecutor(max(4, settings.threads // 4), thread_name_prefix="front-end")
+        self.threads = ThreadPoolExecutor(max(4, settings.threads // 4), thread_name_prefix="large-request")
+        # a model's text side loads on a pool of its own: requests waiting for one never hold up large requests
+        self.builds = ThreadPoolExecutor(4, thread_name_prefix="text-side")
 
     async def __call__(self, scope: Any, receive: Callable, send: Callable) -> None:
         path = scope.get("path", "/")
@@ -139,7 +143,7 @@ class LoopRoutes:
             raise NotReady(state.why_not_ready)
         if model:  # its text side is loaded on a thread the first time
             handler = state.models.built(model) or await asyncio.get_running_loop().run_in_executor(
-                self.threads, state.models.handler, model)
+                self.builds, state.models.handler, model)
         else:
             handler = state.handler
         if handler is None:
@@ -169,14 +173,16 @@ async def drive_on_loop(steps: Steps[T], score: Callable[[list[EncodedText], flo
                 return asked
             value = await score(*asked)
     finally:
-        try:
+        # cancelled while a thread runs a step: that thread finishes it, and the generator is dropped after
+        if not getattr(steps, "gi_running", False):
             steps.close()
-        except ValueError:  # cancelled while a thread runs a step: the generator ends there, unasked
-            pass
 
 
 def _step(steps: Steps, value: Any, deadline: float) -> tuple[bool, Any]:
-    """(False, what the steps ask for) or (True, their result): a StopIteration cannot cross a future."""
+    """(False, what the steps ask for) or (True, their result): a StopIteration cannot cross a future. A request
+    whose deadline passed while it waited for a thread is not decoded and tokenised for nothing."""
+    if value is None and time.monotonic() > deadline:
+        raise RequestTimeout("the request's deadline passed before the front end could start on it")
     token = request_deadline.set(deadline)
     try:
         return False, steps.send(value)

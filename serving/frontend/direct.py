@@ -76,7 +76,8 @@ def model_in_path(path: str) -> str:
 
 
 class DirectRoutes:
-    """The WSGI app `serve` runs: the inference and health routes here, the rest through `fallback` (Flask).
+    """The WSGI app `serve` runs in the workers layout: the inference and health routes here, the rest through
+    `fallback` (Flask). The engines layout's front ends run serving.frontend.asgi.LoopRoutes instead.
 
     `state` is the app's serving.frontend.app.ModelState."""
 

@@ -112,9 +112,10 @@ def test_ping_answers_within_two_seconds_while_the_engine_is_saturated(demo_dir,
             t.join(60)
 
 
-def test_ping_answers_while_the_same_front_end_decodes_and_tokenises_a_six_megabyte_request(demo_dir, tmp_path):
-    """A batch transform's mini-batch takes seconds to decode, tokenise and answer; a thread does that work, so the
-    front end's event loop still answers /ping (one front end: the request and the pings meet there)."""
+def test_ping_answers_while_the_same_front_end_decodes_and_tokenises_a_batch_transform_request(demo_dir, tmp_path):
+    """A batch transform's mini-batch (here 24,000 texts, 5 MB) takes seconds to decode, tokenise and answer; a
+    thread does that work, so the front end's event loop still answers /ping (one front end: the request and the
+    pings meet there)."""
     words = "you are a thoroughly wonderful person and I hope your day goes well".split()
     texts = [" ".join(words[(i + k) % len(words)] for k in range(40)) + f" {i}" for i in range(24000)]
     with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "1", "--workers", "1") as server:
@@ -136,9 +137,10 @@ def test_ping_answers_while_the_same_front_end_decodes_and_tokenises_a_six_megab
         sender.join()
         assert big["response"].status_code == 200, big["response"].text[:300]
         assert len(big["response"].json()["predictions"]) == len(texts)
-        assert big["seconds"] > 1.0 and len(pings) > 10, (big["seconds"], len(pings))  # the work took long
+        assert len(pings) > 10, (big["seconds"], len(pings))  # the work took long enough to ping through
         assert all(status == 200 for status, _ in pings), pings
-        assert max(seconds for _, seconds in pings) < 0.5, sorted(seconds for _, seconds in pings)[-5:]
+        slowest = max(seconds for _, seconds in pings)
+        assert slowest < min(1.0, big["seconds"] / 4), (big["seconds"], sorted(s for _, s in pings)[-5:])
 
 
 def test_overload_gets_429_with_retry_after_at_the_door_in_milliseconds(demo_dir, tmp_path):

@@ -304,10 +304,15 @@ def test_on_a_loop_a_reply_that_comes_while_nothing_else_happens_is_read(demo_di
 def test_on_a_loop_a_reply_that_came_before_a_send_is_read_at_once(demo_dir, tmp_path):
     """A send may take the ZeroMQ descriptor's one signal that a reply is waiting; the loop must read it then, not
     when the next reply comes."""
-    with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, _):
+    with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, endpoint):
         async def two():
             first = client.submit_on_loop(service.classifier.encode(["first"]), 10)
-            time.sleep(0.6)  # the loop is busy: the first's reply arrives meanwhile, unread
+            waited = time.monotonic()
+            while endpoint._in_flight == 0 and time.monotonic() - waited < 5:  # until the engine took it
+                time.sleep(0.005)
+            while endpoint._in_flight and time.monotonic() - waited < 5:  # the loop is busy: the first's reply
+                time.sleep(0.005)  # is sent meanwhile, and not read
+            time.sleep(0.02)
             sent = time.monotonic()
             second = client.submit_on_loop(service.classifier.encode(["second"]), 10)
             await first.result(5)

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from serving.config import Settings
+from serving.errors import BadRequest, RequestTimeout
 from serving.frontend.app import create_app
-from serving.frontend.asgi import LoopRoutes
+from serving.frontend.asgi import LoopRoutes, drive_on_loop
+from serving.service import request_deadline
 
 LIMIT = 1024  # bytes: max_payload_mb below
 
@@ -103,3 +108,32 @@ def test_other_routes_are_flask_s(app):
     assert status == 200 and json.loads(body)["BatchStrategy"] == "MULTI_RECORD"
     status, _, body, _ = call(app, "GET", "/nowhere", {})
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+async def constant_scores(texts, deadline):
+    return f"scores of {texts}"
+
+
+def test_a_large_request_s_steps_run_on_a_thread_with_its_deadline_and_errors_reach_the_loop():
+    seen = {}
+
+    def steps(fail: bool):
+        seen["deadline"], seen["thread"] = request_deadline.get(), threading.get_ident()
+        if fail:
+            raise BadRequest("not texts")
+        scores = yield "texts", 0.0
+        seen["after"] = threading.get_ident()
+        return scores
+
+    deadline = time.monotonic() + 30
+    with ThreadPoolExecutor(1) as pool:
+        assert asyncio.run(drive_on_loop(steps(False), constant_scores, deadline, pool)) == "scores of texts"
+        assert seen["deadline"] == deadline  # set on the thread that runs the step
+        assert threading.get_ident() not in (seen["thread"], seen["after"])  # both steps off the loop's thread
+        with pytest.raises(BadRequest, match="not texts"):
+            asyncio.run(drive_on_loop(steps(True), constant_scores, deadline, pool))
+        seen.clear()
+        with pytest.raises(RequestTimeout):  # its deadline passed while it waited for a thread: no work done
+            asyncio.run(drive_on_loop(steps(False), constant_scores, time.monotonic() - 1, pool))
+        assert seen == {}
+    assert request_deadline.get() is None
