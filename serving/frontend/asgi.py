@@ -29,7 +29,7 @@ from serving.board import RUN_DIR_ENV
 from serving.channel import BatchedResult
 from serving.classifier import Classifier, EncodedText, Scores
 from serving.config import Settings
-from serving.errors import BadRequest, NotReady, PayloadTooLarge, RequestTimeout
+from serving.errors import BadRequest, NotReady, PayloadTooLarge, QueueFull, RequestTimeout
 from serving.frontend import codecs
 from serving.frontend.app import ModelState
 from serving.frontend.direct import (
@@ -88,7 +88,12 @@ class LoopRoutes:
         self.fallback = WSGIMiddleware(cast(Any, fallback), workers=settings.threads)
         self.state = state
         self.settings = settings
-        self.threads = ThreadPoolExecutor(max(4, settings.threads // 4), thread_name_prefix="large-request")
+        pool = max(4, settings.threads // 4)
+        self.threads = ThreadPoolExecutor(pool, thread_name_prefix="large-request")
+        # large requests held at once (read, waiting for a thread or on one): each may hold a payload-sized body,
+        # and only requests waiting on the engines count against `threads`
+        self.large_limit = 2 * pool
+        self.large = 0
         # a model's text side loads on a pool of its own: requests waiting for one never hold up large requests
         self.builds = ThreadPoolExecutor(4, thread_name_prefix="text-side")
 
@@ -136,6 +141,19 @@ class LoopRoutes:
         await self.fallback(scope, receive_message, send)
 
     async def _invoke(self, body: Body, headers: dict[str, str], model: str, deadline: float) -> Answer:
+        declared = headers.get("content-length", "")
+        large = int(declared) > LOOP_BODY_MAX if declared.isdigit() else \
+            "chunked" in headers.get("transfer-encoding", "").lower()
+        if large and self.large >= self.large_limit:
+            raise QueueFull(f"{self.large} large requests are being read or scored by this front end (limit "
+                            f"{self.large_limit}); retry later")
+        self.large += large
+        try:
+            return await self._answer(body, headers, model, deadline)
+        finally:
+            self.large -= large
+
+    async def _answer(self, body: Body, headers: dict[str, str], model: str, deadline: float) -> Answer:
         accept = codecs.choose_accept(headers.get("accept"))
         data = await body.read()
         state = self.state

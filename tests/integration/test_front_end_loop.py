@@ -15,7 +15,7 @@ import pytest
 from serving.config import Settings
 from serving.errors import BadRequest, RequestTimeout
 from serving.frontend.app import create_app
-from serving.frontend.asgi import LoopRoutes, drive_on_loop
+from serving.frontend.asgi import LOOP_BODY_MAX, LoopRoutes, drive_on_loop
 from serving.service import request_deadline
 
 LIMIT = 1024  # bytes: max_payload_mb below
@@ -101,6 +101,19 @@ def test_an_answer_given_before_the_body_was_read_keeps_the_connection_when_the_
                                  "X-Amzn-SageMaker-Custom-Attributes": "truncate=false"}, chunks)
     assert status == 503 and "connection" not in headers  # read whole, then no model
     assert headers["x-amzn-sagemaker-custom-attributes"] == "truncate=false"
+
+
+def test_past_its_share_of_large_requests_a_front_end_answers_429_before_reading_another(app):
+    app.large = app.large_limit  # that many large bodies are being read or scored
+    big = str(LOOP_BODY_MAX + 1)
+    status, headers, body, read = call(app, "POST", "/invocations", {"Content-Length": big}, [b"x"])
+    assert status == 429 and headers["retry-after"] == "1" and read == 0
+    assert "large requests" in json.loads(body)["error"]["message"]
+    status, _, _, _ = call(app, "POST", "/invocations", {"Content-Length": "15"}, [b'{"inputs": "a"}'])
+    assert status == 503  # a small request still gets in (then finds no model)
+    app.large = app.large_limit - 1
+    status, _, _, _ = call(app, "POST", "/invocations", {"Content-Length": big}, [b"x"])
+    assert status == 413 and app.large == app.large_limit - 1  # let in (then over this test's payload limit)
 
 
 def test_other_routes_are_flask_s(app):
