@@ -141,10 +141,12 @@ class LoopRoutes:
         await self.fallback(scope, receive_message, send)
 
     async def _invoke(self, body: Body, headers: dict[str, str], model: str, deadline: float) -> Answer:
-        declared = headers.get("content-length", "")
-        large = int(declared) > LOOP_BODY_MAX if declared.isdigit() else \
-            "chunked" in headers.get("transfer-encoding", "").lower()
+        try:
+            large = int(headers["content-length"]) > LOOP_BODY_MAX
+        except (KeyError, ValueError):  # no length (a malformed one is refused when the body is read)
+            large = "chunked" in headers.get("transfer-encoding", "").lower()
         if large and self.large >= self.large_limit:
+            body.complete = False  # never read, not even to keep the connection: it closes after the 429
             raise QueueFull(f"{self.large} large requests are being read or scored by this front end (limit "
                             f"{self.large_limit}); retry later")
         self.large += large

@@ -107,8 +107,14 @@ def test_past_its_share_of_large_requests_a_front_end_answers_429_before_reading
     app.large = app.large_limit  # that many large bodies are being read or scored
     big = str(LOOP_BODY_MAX + 1)
     status, headers, body, read = call(app, "POST", "/invocations", {"Content-Length": big}, [b"x"])
-    assert status == 429 and headers["retry-after"] == "1" and read == 0
+    assert status == 429 and headers["retry-after"] == "1" and read == 0 and headers["connection"] == "close"
     assert "large requests" in json.loads(body)["error"]["message"]
+    settings = Settings(max_payload_mb=1)  # a body under the payload limit is not read to be dropped either
+    roomy = LoopRoutes(create_app(settings), app.state, settings)
+    roomy.large = roomy.large_limit
+    chunks = [b"x" * 20000]
+    status, headers, _, read = call(roomy, "POST", "/invocations", {"Content-Length": "20000"}, chunks)
+    assert status == 429 and read == 0 and headers["connection"] == "close"
     status, _, _, _ = call(app, "POST", "/invocations", {"Content-Length": "15"}, [b'{"inputs": "a"}'])
     assert status == 503  # a small request still gets in (then finds no model)
     app.large = app.large_limit - 1
