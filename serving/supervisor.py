@@ -1,5 +1,5 @@
 """`serve` in the engines layout: start one engine per accelerator, restart any that dies, run the HTTP front
-ends (granian), and on SIGTERM drain the tree in order: front ends first (they stop accepting and finish their
+ends (uvicorn), and on SIGTERM drain the tree in order: front ends first (they stop accepting and finish their
 requests, which the engines still answer), then the engines (which finish what they queued).
 
 This process never touches CUDA: engines are fresh interpreters, each told its one GPU by CUDA_VISIBLE_DEVICES.
@@ -32,6 +32,7 @@ STABLE_S = 60  # an engine that lived this long starts the delays from the begin
 # Of the SIGTERM drain (graceful_timeout_s), what the engines keep for last: once the front ends have finished their
 # requests the engines' queues are empty but for parts and stragglers, so a few seconds suffice.
 ENGINE_DRAIN_S = 5
+KEEP_ALIVE_S = 75  # as the workers layout's gunicorn: longer than the idle timeout of the load balancer in front
 
 
 @dataclasses.dataclass
@@ -85,23 +86,28 @@ class Supervisor:
         return 0
 
     def _serve_http(self) -> None:
-        """granian's own process manager runs the front ends; it returns after a SIGTERM (or SIGINT) once they have
-        stopped accepting and finished their requests."""
-        from granian.constants import Interfaces
-        from granian.log import LogLevels
-        from granian.server import Server
+        """uvicorn's process manager runs the front ends (and starts again one that dies); it returns after a
+        SIGTERM (or SIGINT) once they have stopped accepting and finished their requests.
+
+        uvicorn on uvloop with httptools reads requests and writes answers on the front end's own event loop;
+        granian (Rust threads feeding the loop) cost a thread hand-off to start each request, another to read its
+        body and another to send its answer, which at low load was a fifth of a request's latency (BENCHMARKS.md).
+        """
+        import uvicorn
+        from uvicorn.supervisors import Multiprocess
 
         s = self.settings
         gpus = sum(e.gpu is not None for e in self.engines)
         log.info("layout: %d front end(s) feeding %d engine(s), %s", self.frontends, len(self.engines),
                  f"one per GPU ({gpus})" if gpus else "simulated" if s.backend == "sim" else "on the CPU")
-        # ASGI without lifespan events (the app has nothing to start or stop); past `backpressure` requests at
-        # once a front end stops reading new ones, so it is above the in-flight cap that answers 429 (s.threads).
-        Server("serving.frontend.asgi:create", address=s.host, port=s.port, interface=Interfaces.ASGINL,
-               workers=self.frontends, backpressure=2 * s.threads, factory=True, websockets=False,
-               respawn_failed_workers=True, workers_kill_timeout=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S),
-               log_access=False,
-               log_level=LogLevels(s.log_level.lower()), working_dir=Path.cwd()).serve()
+        # no lifespan events (the app has nothing to start or stop), no access log of uvicorn's (the app writes
+        # its own, with request ids), no proxy-header rewriting (the app never reads the client's address)
+        config = uvicorn.Config("serving.frontend.asgi:create", factory=True, host=s.host, port=s.port,
+                                workers=self.frontends, loop="uvloop", http="httptools", ws="none", lifespan="off",
+                                log_config=None, log_level=s.log_level.lower(), access_log=False, proxy_headers=False,
+                                server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
+                                timeout_graceful_shutdown=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S))
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
 
     def _start(self, engine: EngineProcess) -> None:
         device = "cpu" if engine.gpu is None else "cuda"

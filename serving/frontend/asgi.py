@@ -1,4 +1,4 @@
-"""The front-end process's app (engines layout): ASGI on granian's event loop, the Flask app behind it.
+"""The front-end process's app (engines layout): ASGI on uvicorn's event loop, the Flask app behind it.
 
 Invocations and /ping are answered on the loop (LoopRoutes): a request waiting for the engines holds no thread.
 A WSGI front end needs a thread per waiting request, and at the concurrency a GPU needs, the threads' turns at
@@ -6,7 +6,7 @@ the GIL cost more host CPU than the request's own work (BENCHMARKS.md). Every ot
 metrics, OpenAPI, 404s) goes to the same Flask app as the workers layout, on threads (a2wsgi); a large request's
 decoding, tokenising and answer run on a thread too, so the loop stays free for /ping and the other requests.
 
-granian imports `create` in each front-end process (serving.supervisor starts them); the server's settings and its
+uvicorn imports `create` in each front-end process (serving.supervisor starts them); the server's settings and its
 run folder (channel sockets, status board) come from the folder named by serving.board.RUN_DIR_ENV.
 """
 
@@ -37,8 +37,9 @@ from serving.frontend.direct import (
     PING,
     Answer,
     answer_error,
+    answer_headers,
     answer_method,
-    finish,
+    count,
     model_name,
     ping,
     route_of,
@@ -101,7 +102,7 @@ class LoopRoutes:
         path = scope.get("path", "/")
         route = route_of(path) if scope["type"] == "http" else None
         if route is None or route == MODEL_INVOKE and self.state.models is None:
-            return await self._fallback(scope, receive, send)
+            return await self.fallback(scope, receive, send)  # Flask, on a2wsgi's threads
         started = time.monotonic()
         method = scope["method"].upper()
         headers = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in READ_HEADERS}
@@ -125,20 +126,14 @@ class LoopRoutes:
             status, content_type, payload, extra = answer_error(exc, request_id)
         if not await body.drained():  # the connection cannot carry another request: say so
             extra["Connection"] = "close"
-        finish(extra, headers.get("x-amzn-sagemaker-custom-attributes"), request_id, self.state.models, model,
-               (method, path, label, status, started))
+        answer_headers(extra, headers.get("x-amzn-sagemaker-custom-attributes"), request_id)
         head = [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode()),
                 *((name.encode("latin-1"), value.encode("latin-1")) for name, value in extra.items())]
-        await send({"type": "http.response.start", "status": status, "headers": head})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
-
-    async def _fallback(self, scope: Any, receive: Callable, send: Callable) -> None:
-        """Flask, on a2wsgi's threads, which hand the loop a coroutine to read the body: granian's awaitable is not
-        one."""
-        async def receive_message() -> Any:
-            return await receive()
-
-        await self.fallback(scope, receive_message, send)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": head})
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
+        finally:  # counted and logged once answered: the client does not wait for the access log and the metrics
+            count(request_id, self.state.models, model, (method, path, label, status, started))
 
     async def _invoke(self, body: Body, headers: dict[str, str], model: str, deadline: float) -> Answer:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections.abc import Callable
@@ -143,6 +144,7 @@ DECODERS: dict[str, Callable[[str], DecodedRequest]] = {
 }
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few headers, and parsing one costs as much as decoding a body
 def choose_accept(accept_header: str | None, default: str = JSON) -> str:
     """The response media type for an Accept header; 406 when none of ours is acceptable."""
     if not accept_header or not accept_header.strip():

@@ -226,11 +226,20 @@ def answer_error(exc: Exception, request_id: str) -> Answer:
 
 def finish(headers: dict[str, str], attributes: str | None, request_id: str, models, model: str,
            answered: tuple[str, str, str, int, float]) -> None:
-    """The headers every answer carries, then the request counted and logged; `answered` is (method, path, route
-    label, status, started), `model` the multi-model endpoint's model it was for (`models` its ModelSet)."""
+    """The headers every answer carries, then the request counted and logged."""
+    answer_headers(headers, attributes, request_id)
+    count(request_id, models, model, answered)
+
+
+def answer_headers(headers: dict[str, str], attributes: str | None, request_id: str) -> None:
     if attributes is not None:
         headers[CUSTOM_ATTRIBUTES] = attributes
     headers["X-Request-Id"] = request_id
+
+
+def count(request_id: str, models, model: str, answered: tuple[str, str, str, int, float]) -> None:
+    """The request counted and logged; `answered` is (method, path, route label, status, started), `model` the
+    multi-model endpoint's model it was for (`models` its ModelSet)."""
     try:
         record(*answered, request_id)
         status, started = answered[3], answered[4]

@@ -22,6 +22,18 @@ def engine_pids(server) -> list[int]:
     return [p.pid for p in children if "serving.engine" in " ".join(p.cmdline())]
 
 
+def front_end_pids(server) -> list[int]:
+    """uvicorn's workers: spawned interpreters (beside them, multiprocessing's resource tracker)."""
+    pids = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:  # gone, or a zombie not yet reaped
+            pass
+    return pids
+
+
 def sim_server(tmp_path, demo_dir, *args: str):
     return running_server(tmp_path, "--model-dir", str(demo_dir / "roberta"), "--backend", "sim", "--layout", "engines",
                           "--workers", "2", *args)
@@ -71,6 +83,21 @@ def test_an_engine_killed_mid_load_loses_no_request_silently_and_the_endpoint_re
         [successor] = engine_pids(server)
         assert successor != victim
         assert f"engine 0 (pid {victim}) exited" in server.log()
+
+
+def test_a_killed_front_end_is_replaced_while_the_other_keeps_serving(demo_dir, tmp_path):
+    with sim_server(tmp_path, demo_dir) as server:
+        front_ends = front_end_pids(server)
+        assert len(front_ends) == 2, server.log()
+        psutil.Process(front_ends[0]).kill()
+        answers = [post(server.url, [TEXT]).status_code for _ in range(10)]  # new connections: the live one answers
+        deadline = time.monotonic() + 30
+        while len(front_end_pids(server)) < 2 or front_ends[0] in front_end_pids(server):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        answers += [post(server.url, [TEXT]).status_code for _ in range(20)]
+        assert answers == [200] * 30, answers
+        assert front_ends[1] in front_end_pids(server)
 
 
 def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(demo_dir, tmp_path):

@@ -127,7 +127,7 @@ def test_the_forking_process_never_touches_cuda_and_workers_get_their_gpu(demo_d
                 asked = callers(tmp_path)
             assert {int(pid) for pid in engines} <= set(asked), f"an engine never probed CUDA: {asked}"
             assert process.pid not in asked, asked
-            frontends = [int(pid) for pid in re.findall(r"Spawning worker-\d+ with PID: (\d+)", text)]
+            frontends = [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", text)]
             assert frontends and not set(frontends) & set(asked), f"a front end asked CUDA: {asked}\n{text}"
         # This CPU torch cannot move a model to CUDA: each worker says so on /ping, it does not hang or crash.
         assert ping.status_code == 503 and "model failed to load" in ping.json()["error"]["message"]

@@ -1,5 +1,5 @@
-"""The engines layout's ASGI front end (serving.frontend.asgi.LoopRoutes) in-process, fed ASGI messages as granian
-feeds them: the answers before any model work (methods, body limits, cut-short bodies, a client gone) are
+"""The engines layout's ASGI front end (serving.frontend.asgi.LoopRoutes) in-process, fed ASGI messages as an ASGI
+server feeds them: the answers before any model work (methods, body limits, cut-short bodies, a client gone) are
 serving.frontend.direct's, headers included, and the connection is closed when its body was not read whole."""
 
 from __future__ import annotations
