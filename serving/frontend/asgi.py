@@ -46,7 +46,7 @@ from serving.frontend.direct import (
     too_large,
 )
 from serving.models.rnn_text import RNNText
-from serving.models.roberta_text import RobertaText
+from serving.models.roberta_text import PARALLELISM_ENV, RobertaText
 from serving.service import Steps, request_deadline
 
 T = TypeVar("T")
@@ -273,6 +273,9 @@ def create() -> LoopRoutes:
     from serving.server import LOG_CONFIG
     from serving.service import InferenceService
 
+    # one front end per core: the tokenizers library's thread pool in each would take turns at the same cores as the
+    # other front ends, and handing it one text costs more than encoding it in place
+    os.environ.setdefault(PARALLELISM_ENV, "false")
     run_dir = Path(os.environ[RUN_DIR_ENV])
     settings = read_settings(run_dir)
     logging.config.dictConfig(LOG_CONFIG)

@@ -165,6 +165,27 @@ def test_the_roberta_text_side_reads_what_transformers_reads(demo_dir, tmp_path)
     assert text.problem_type == "multi_class"  # the text-classification pipeline's rule for several labels
 
 
+@pytest.mark.parametrize("parallelism", ["true", "false"])
+@pytest.mark.parametrize("count", [1, 20])
+def test_roberta_tokenises_as_transformers_does_with_and_without_the_librarys_threads(demo_dir, monkeypatch,
+                                                                                        parallelism, count):
+    """Each path (in place, the thread pool, without offsets) gives the ids, lengths and truncation flags of
+    transformers' own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from serving.frontend.asgi import RobertaTextSide
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", parallelism)
+    text = RobertaTextSide(demo_dir / "roberta", max_length=24)
+    reference = AutoTokenizer.from_pretrained(str(demo_dir / "roberta"))
+    texts = [f"{i} " + " ".join(["you are a stupid idiot, thanks"] * (i % 7)) for i in range(count)]
+    encoded = text.encode(texts)
+    for one, expected in zip(encoded, reference(texts, truncation=True, max_length=24)["input_ids"], strict=True):
+        assert list(one.features) == expected and one.length == len(expected)
+    assert [e.truncated for e in encoded] == [len(reference(t)["input_ids"]) > 24 for t in texts]
+    assert any(e.truncated for e in encoded) == (count > 1)
+
+
 def test_missing_config_and_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="config.json is missing"):
         load_classifier(tmp_path)
