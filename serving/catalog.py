@@ -14,17 +14,17 @@ import json
 import mmap
 import os
 import re
-import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serving.board import int_fields
 from serving.errors import BadRequest, ModelNotFound
 
 CATALOG_FILE = "models.json"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOADING, READY, UNLOADING = "loading", "ready", "unloading"
-VERSION = struct.Struct("<q")
+VERSION_BYTES = 8
 
 
 def check_name(name: object) -> str:
@@ -94,14 +94,14 @@ class Catalog:
         self.lock_path = run_dir / (CATALOG_FILE + ".lock")
         counter = run_dir / (CATALOG_FILE + ".version")  # bumped by every edit: readers compare 8 mapped bytes
         with counter.open("a+b") as f:
-            if os.fstat(f.fileno()).st_size < VERSION.size:
-                f.truncate(VERSION.size)
-            self._version_map = mmap.mmap(f.fileno(), VERSION.size)
+            if os.fstat(f.fileno()).st_size < VERSION_BYTES:
+                f.truncate(VERSION_BYTES)
+            self._version = int_fields(mmap.mmap(f.fileno(), VERSION_BYTES))
         self._cache: tuple[int, dict[str, Entry]] = (-1, {})  # one tuple: threads replace it whole
 
     @property
     def version(self) -> int:
-        return VERSION.unpack_from(self._version_map)[0]
+        return self._version[0]
 
     def entries(self) -> dict[str, Entry]:
         """The current models by name; the file is read again only after an edit."""
@@ -132,7 +132,7 @@ class Catalog:
             temporary = self.path.with_name(f".{CATALOG_FILE}.{os.getpid()}")
             temporary.write_text(json.dumps({name: asdict(e) for name, e in entries.items()}))
             os.replace(temporary, self.path)
-            VERSION.pack_into(self._version_map, 0, self.version + 1)
+            self._version[0] = self.version + 1
 
 
 def abandoned(entry: Entry) -> bool:
