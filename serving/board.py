@@ -127,4 +127,5 @@ def error_path(run_dir: Path, index: int) -> Path:
 
 
 def socket_address(run_dir: Path, index: int) -> str:
-    return f"ipc://{run_dir / f'engine-{index}.sock'}"
+    """The path of the Unix socket engine `index` listens on."""
+    return str(run_dir / f"engine-{index}.sock")

@@ -1,16 +1,18 @@
 """The channel between front ends and engines: the records that cross it and how they are framed.
 
-ZeroMQ over Unix-domain (ipc) sockets in the server's private run folder: each engine binds a ROUTER; a front end's
-event loop connects one DEALER per engine for all its requests, and any thread that talks to the engines (a model
-load, a test) a DEALER of its own (a ZeroMQ socket belongs to one thread). Chosen over pipes and shared memory
-because it frames messages, reconnects by itself to a restarted engine at the same address, and measured cheapest
-per request of what we tried (BENCHMARKS.md). Records are pickled: both ends are this package, and the socket
-folder is readable by the server's own user only.
+Unix-domain stream sockets in the server's private run folder: each engine listens on one; a front end's event loop
+connects once per engine for all its requests, and any thread that talks to the engines (a model load, a test) once
+of its own. Each message is its length (4 bytes) and then the record. Plain sockets, read on the event loop's own
+selector and the engine's, carry a message with no thread between the two ends: ZeroMQ, which we used before, hands
+every message to an I/O thread on each side, two thread wake-ups each way per request (BENCHMARKS.md). A restarted
+engine listens at the same path; a front end sees the old connection end and connects again. Records are pickled:
+both ends are this package, and the socket folder is readable by the server's own user only.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +106,40 @@ def failure_reply(request_id: int, exc: BaseException, kind: type = ScoreReply):
 
 
 Record = ScoreRequest | ScoreReply | ControlRequest | ControlReply
+LENGTH = struct.Struct("<I")
+MAX_MESSAGE = 1 << 30  # bytes: far above the largest request (the payload limit); a longer length is a broken stream
+
+
+class BrokenStream(Exception):
+    """The other end sent a length no message of ours has: nothing after it can be read in step."""
+
+
+def frame(payload: bytes) -> bytes:
+    return LENGTH.pack(len(payload)) + payload
+
+
+class Frames:
+    """Messages out of a byte stream, whatever pieces it arrives in."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self.buffer
+        buffer += data
+        messages, start, size = [], 0, len(buffer)
+        while size - start >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buffer, start)
+            if length > MAX_MESSAGE:
+                raise BrokenStream(f"a message of {length} bytes")
+            end = start + LENGTH.size + length
+            if end > size:
+                break
+            messages.append(bytes(buffer[start + LENGTH.size : end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return messages
 
 
 def pack(record: Record) -> bytes:

@@ -1,27 +1,40 @@
-"""The engine's side of the channel: one I/O thread owns the ROUTER socket, queues what arrives in its model's
-batcher, and sends back what the batcher settles; a multi-model endpoint's loads and unloads run on threads of their
-own and answer the same way.
+"""The engine's side of the channel: one I/O thread listens on the engine's Unix socket, reads what the front ends
+send, queues it in its model's batcher, and sends back what the batcher settles; a multi-model endpoint's loads and
+unloads run on threads of their own and answer the same way.
 
-Replies are settled on the batcher's thread; ZeroMQ sockets belong to one thread, so each settling thread hands its
-replies to the I/O thread over an in-process PUSH socket of its own.
+Only the I/O thread writes to the front ends' connections. A request that finds its model idle runs on the I/O
+thread and is answered there; replies settled on other threads (the batcher's) are queued for it, with one wake-up
+for all that queue up meanwhile, and each connection gets its replies of a round in one write.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 import queue
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import cast
-
-import zmq
 
 from serving.board import Board, EngineState
-from serving.channel import ControlReply, ControlRequest, ScoreReply, ScoreRequest, failure_reply, pack, unpack
+from serving.channel import (
+    BrokenStream,
+    ControlReply,
+    ControlRequest,
+    Frames,
+    ScoreReply,
+    ScoreRequest,
+    failure_reply,
+    frame,
+    pack,
+    unpack,
+)
 from serving.classifier import EncodedText
 from serving.engine.batching import BatchedResult
 from serving.engine.models import EngineModels
@@ -29,9 +42,21 @@ from serving.errors import NotReady, ServingError
 
 log = logging.getLogger(__name__)
 
-REPLIES = "inproc://replies"
-POLL_MS = 50  # how often an idle I/O thread refreshes the board's heartbeat and checks for a stop
+POLL_S = 0.05  # how often an idle I/O thread refreshes the board's heartbeat and checks for a stop
 LINGER_S = 0.5  # a draining engine keeps answering (503) what front ends sent before they saw it draining
+READ_BYTES = 1 << 18
+FLUSH_AT_EXIT_S = 1.0  # how long a stopping engine waits for a slow front end to take its last replies
+
+
+class Connection:
+    """One front end's connection (its event loop's, or one of its threads'): what arrived of a message, and what
+    the socket has not yet taken of the replies."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.frames = Frames()
+        self.outbox = bytearray()
+        self.closed = False
 
 
 class Endpoint:
@@ -44,14 +69,21 @@ class Endpoint:
         self.board = board
         self.index = index
         self.drain_s = drain_s
-        self.context = zmq.Context()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 1000)
-        self.router.bind(address)
-        self.replies = self.context.socket(zmq.PULL)
-        self.replies.setsockopt(zmq.RCVHWM, 0)  # never block a settling thread (it may hold the batcher's lock)
-        self.replies.bind(REPLIES)
-        self._local = threading.local()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)  # the socket of the engine this one replaces
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(address)
+        self.listener.listen(1024)
+        self.listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self.selector.register(self._wake_reader, selectors.EVENT_READ)
+        self._connections: set[Connection] = set()
+        self._replies: collections.deque[tuple[Connection, bytes]] = collections.deque()  # settled on other threads
+        self._woken = False  # a wake-up is on its way to the I/O thread for what is in _replies
         self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
         self._stop = threading.Event()
         self._parent = parent if parent is not None else os.getppid()  # the supervisor, read before loading
@@ -61,22 +93,28 @@ class Endpoint:
         self.on_received = on_received
 
     def stop(self) -> None:
-        """Safe from a signal handler: the I/O thread notices within POLL_MS."""
+        """Safe from a signal handler: the I/O thread notices within POLL_S."""
         self._stop.set()
 
     def serve(self) -> None:
         self._io_thread = threading.get_ident()
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.replies, zmq.POLLIN)
         drain_until = None
         drained_at = 0.0
         while True:
-            events = dict(poller.poll(POLL_MS))
-            if self.replies in events:
-                self._send_replies()
-            if self.router in events:
-                self._receive(refuse=drain_until is not None)
+            arrived: list[tuple[Connection, bytes]] = []
+            for key, events in self.selector.select(POLL_S):
+                if key.fileobj is self.listener:
+                    self._accept()
+                elif key.fileobj is self._wake_reader:
+                    self._take_wakeups()
+                else:
+                    if events & selectors.EVENT_WRITE:
+                        self._flush(key.data)
+                    if events & selectors.EVENT_READ:
+                        arrived.extend(self._read(key.data))
+            self._send_replies()
+            if arrived:
+                self._receive(arrived, refuse=drain_until is not None)
             self.board.set_queued(self.index, self.models.queued_texts)
             if drain_until is None and (self._stop.is_set() or os.getppid() != self._parent):
                 drained_at = time.monotonic()
@@ -88,7 +126,7 @@ class Endpoint:
         if self._in_flight:
             log.warning("engine %d stops with %d requests unanswered after %.0f s", self.index, self._in_flight,
                         self.drain_s)
-        self.context.destroy(linger=1000)  # the settling threads' PUSH sockets too
+        self._close_all()
 
     def _start_draining(self) -> float:
         log.info("engine %d draining: %d requests in flight, %d texts queued", self.index, self._in_flight,
@@ -97,18 +135,70 @@ class Endpoint:
         threading.Thread(target=self.models.stop_all, args=(self.drain_s,), name="batcher-stop", daemon=True).start()
         return time.monotonic() + self.drain_s
 
-    def _receive(self, refuse: bool) -> None:
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, say: the front end's connect is refused, it answers 503
+                log.exception("engine %d could not accept a connection", self.index)
+                return
+            sock.setblocking(False)
+            connection = Connection(sock)
+            self._connections.add(connection)
+            self.selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _read(self, connection: Connection) -> list[tuple[Connection, bytes]]:
+        """The messages that have arrived whole on a connection; a closed or broken one is let go."""
+        messages: list[tuple[Connection, bytes]] = []
+        while True:
+            try:
+                data = connection.sock.recv(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return messages
+            except OSError:
+                data = b""
+            if not data:  # the front end is gone (restarted): nobody waits for its answers
+                self._close(connection)
+                return messages
+            try:
+                messages.extend((connection, payload) for payload in connection.frames.feed(data))
+            except BrokenStream as exc:
+                log.error("engine %d dropped a connection that sent %s", self.index, exc)
+                self._close(connection)
+                return messages
+            if len(data) < READ_BYTES:
+                return messages
+
+    def _close(self, connection: Connection) -> None:
+        if connection.closed:
+            return
+        connection.closed = True
+        self._connections.discard(connection)
+        self.selector.unregister(connection.sock)
+        connection.sock.close()
+
+    def _close_all(self) -> None:
+        """At the end: what the front ends have not yet taken gets a moment to go, then every socket closes."""
+        deadline = time.monotonic() + FLUSH_AT_EXIT_S
+        for connection in list(self._connections):
+            if connection.outbox:
+                try:
+                    connection.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                    connection.sock.sendall(connection.outbox)
+                except OSError:
+                    pass
+            self._close(connection)
+        self.selector.close()
+        for sock in (self.listener, self._wake_reader, self._wake_writer):
+            sock.close()
+
+    def _receive(self, arrived: list[tuple[Connection, bytes]], refuse: bool) -> None:
         """Everything that has arrived; a lone request may run on this thread when the model is idle (no thread
         hand-off either way), several go to the batcher's loop to be batched."""
-        arrived = []
-        try:
-            while _readable(self.router):  # asking is cheaper than a raised zmq.Again
-                arrived.append(self.router.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:  # not expected after EVENTS said readable; never worth the I/O thread
-            pass
-        for frames in arrived:
+        for connection, payload in arrived:
             try:
-                identity, payload = frames
                 request = unpack(payload)
                 if isinstance(request, ScoreRequest):
                     encoded = [EncodedText(f, n, False) for f, n in zip(request.features, request.lengths,
@@ -119,10 +209,10 @@ class Endpoint:
             if isinstance(request, ControlRequest) and request.engine_pid == os.getpid():
                 self._in_flight += 1
                 if refuse:
-                    self._hand_over(identity, failure_reply(request.request_id, NotReady(
+                    self._hand_over(connection, failure_reply(request.request_id, NotReady(
                         "the engine is shutting down"), ControlReply))
                 else:
-                    threading.Thread(target=self._control, args=(identity, request), name=f"{request.op}-model",
+                    threading.Thread(target=self._control, args=(connection, request), name=f"{request.op}-model",
                                      daemon=True).start()
                 continue
             if not isinstance(request, ScoreRequest) or request.engine_pid != os.getpid():
@@ -131,37 +221,37 @@ class Endpoint:
                 self.on_received(len(request.lengths))
             self._in_flight += 1
             if refuse:
-                self._hand_over(identity, failure_reply(request.request_id, NotReady("the engine is shutting down")))
+                self._hand_over(connection, failure_reply(request.request_id, NotReady("the engine is shutting down")))
                 continue
             if request.wait_for_room:  # waits for room in the queue: on the one thread that feeds parts, in order
-                self._feed_part(identity, request, encoded)
+                self._feed_part(connection, request, encoded)
             else:
-                self._submit(identity, request, encoded, len(arrived) == 1)
+                self._submit(connection, request, encoded, len(arrived) == 1)
 
-    def _feed_part(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText]) -> None:
-        """Parts of one request wait for room in order on a thread of their own, one per sending socket (identity)
+    def _feed_part(self, connection: Connection, request: ScoreRequest, encoded: list[EncodedText]) -> None:
+        """Parts of one request wait for room in order on a thread of their own, one per sending connection
         and model: the parts of requests from different front-end threads, or for different models, wait side by
         side, so one starved request holds up no other; a front end's event loop sends on one socket, so its large
         requests for one model take turns."""
-        key = (identity, request.model, request.generation)
+        key = (connection, request.model, request.generation)
         with self._parts_lock:
             parts = self._parts.get(key)
             if parts is None:
                 parts = self._parts[key] = queue.SimpleQueue()
-                threading.Thread(target=self._feed_parts, args=(identity, key, parts), name="parts",
+                threading.Thread(target=self._feed_parts, args=(connection, key, parts), name="parts",
                                  daemon=True).start()
             parts.put((request, encoded))
 
-    def _feed_parts(self, identity: bytes, key: tuple, parts: queue.SimpleQueue) -> None:
+    def _feed_parts(self, connection: Connection, key: tuple, parts: queue.SimpleQueue) -> None:
         while True:
             with self._parts_lock:
                 if parts.empty():  # the request's last part is queued: this thread ends
                     del self._parts[key]
                     return
             request, encoded = parts.get()
-            self._submit(identity, request, encoded, False)
+            self._submit(connection, request, encoded, False)
 
-    def _control(self, identity: bytes, request: ControlRequest) -> None:
+    def _control(self, connection: Connection, request: ControlRequest) -> None:
         """A model's load or unload, off the I/O thread (the other models keep serving meanwhile)."""
         try:
             if request.op == "load":
@@ -175,55 +265,89 @@ class Endpoint:
             if not isinstance(exc, ServingError):
                 log.exception("engine %d could not %s model %s", self.index, request.op, request.name)
             reply = failure_reply(request.request_id, exc, ControlReply)
-        self._hand_over(identity, reply)
+        self._hand_over(connection, reply)
 
-    def _submit(self, identity: bytes, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
+    def _submit(self, connection: Connection, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
         try:
             batcher = self.models.batcher(request.model, request.generation)  # 404 for a model not loaded here
             future = batcher.submit(encoded, request.deadline - time.monotonic(), request.wait_for_room, request.room,
                                     inline=inline)
         except Exception as exc:
-            self._hand_over(identity, failure_reply(request.request_id, exc))
+            self._hand_over(connection, failure_reply(request.request_id, exc))
             return
-        future.add_done_callback(lambda done: self._settled(identity, request.request_id, done))
+        future.add_done_callback(lambda done: self._settled(connection, request.request_id, done))
 
-    def _settled(self, identity: bytes, request_id: int, future: Future) -> None:
+    def _settled(self, connection: Connection, request_id: int, future: Future) -> None:
         error = future.exception() if not future.cancelled() else NotReady("request cancelled")
         if error is not None:
             reply = failure_reply(request_id, error)
         else:
             result: BatchedResult = future.result()
             reply = ScoreReply(request_id, result.scores, result.queue_s, result.compute_s)
-        self._hand_over(identity, reply)
+        self._hand_over(connection, reply)
 
-    def _hand_over(self, identity: bytes, reply: ScoreReply | ControlReply) -> None:
-        """From any thread: the I/O thread sends on the ROUTER, which it alone may use; others hand it over."""
+    def _hand_over(self, connection: Connection, reply: ScoreReply | ControlReply) -> None:
+        """From any thread: the I/O thread writes to the connections, which it alone may use; others queue for it."""
         if threading.get_ident() == self._io_thread:
             self._in_flight -= 1
-            self._send(identity, pack(reply))
+            self._send(connection, frame(pack(reply)))
             return
-        push = getattr(self._local, "push", None)
-        if push is None:
-            push = self._local.push = self.context.socket(zmq.PUSH)
-            push.setsockopt(zmq.SNDHWM, 0)
-            push.connect(REPLIES)
-        push.send_multipart([identity, pack(reply)])
+        self._replies.append((connection, frame(pack(reply))))
+        if not self._woken:  # one wake-up for whatever queues up before the I/O thread takes it
+            self._woken = True
+            with contextlib.suppress(BlockingIOError):  # full: wake-ups are on their way already
+                self._wake_writer.send(b"\0")
+
+    def _take_wakeups(self) -> None:
+        """The wake-up bytes first, then the flag: a hand-over that came while they were read sent none (the flag
+        was still up) and is taken with the rest below; one after this sends its own. The other order could read a
+        byte sent after the flag went down and leave the flag up with no byte to come: every later reply would
+        then wait for the next request or POLL_S."""
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_reader.recv(4096):
+                pass
+        self._woken = False
 
     def _send_replies(self) -> None:
-        while _readable(self.replies):
-            try:
-                identity, payload = self.replies.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:  # not expected after EVENTS said readable
-                return
+        """The replies settled on other threads, each connection's in one write; always after _take_wakeups."""
+        if not self._replies:
+            return
+        by_connection: dict[Connection, list[bytes]] = {}
+        while self._replies:
+            connection, message = self._replies.popleft()
             self._in_flight -= 1
-            self._send(identity, payload)
+            by_connection.setdefault(connection, []).append(message)
+        for connection, messages in by_connection.items():
+            self._send(connection, b"".join(messages))
 
-    def _send(self, identity: bytes, payload: bytes) -> None:
+    def _send(self, connection: Connection, data: bytes) -> None:
+        """As much as the socket takes now; the rest when it is writable again (the front end is reading)."""
+        if connection.closed:  # the front end is gone (restarted): nobody waits for this answer
+            return
+        if connection.outbox:
+            connection.outbox += data
+            return
         try:
-            self.router.send_multipart([identity, payload], zmq.NOBLOCK)
-        except zmq.ZMQError:  # the front end is gone (restarted): nobody waits for this answer
-            pass
+            sent = connection.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(connection)
+            return
+        if sent < len(data):
+            connection.outbox += data[sent:]
+            self.selector.modify(connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection)
 
-
-def _readable(socket: zmq.Socket) -> bool:
-    return bool(cast(int, socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+    def _flush(self, connection: Connection) -> None:
+        if connection.closed:
+            return
+        try:
+            sent = connection.sock.send(connection.outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(connection)
+            return
+        del connection.outbox[:sent]
+        if not connection.outbox:
+            self.selector.modify(connection.sock, selectors.EVENT_READ, connection)

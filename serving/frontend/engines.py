@@ -2,7 +2,7 @@
 
 EngineClient stands where the local Batcher stands for InferenceService (admit, submit -> a pending result,
 queued_texts, alive), so the request path above it is the same in both layouts. The front end's event loop sends
-with submit_on_loop and awaits the reply (LoopChannel); a thread sends with submit on a DEALER socket of its own and
+with submit_on_loop and awaits the reply (LoopChannel); a thread sends with submit on a connection of its own and
 waits for its own replies on it: no thread hand-off on the way in or out either way.
 """
 
@@ -13,24 +13,25 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import cast
-
-import zmq
 
 from serving import metrics
 from serving.board import Board, EngineState, EngineStatus, error_path, socket_address
 from serving.channel import (
     BatchedResult,
+    BrokenStream,
     ControlReply,
     ControlRequest,
+    Frames,
     ScoreReply,
     ScoreRequest,
     failure_reply,
+    frame,
     pack,
     unpack,
 )
@@ -40,7 +41,9 @@ from serving.errors import NotReady, QueueFull, RequestTimeout, ServingError
 log = logging.getLogger(__name__)
 
 CHECK_S = 0.2  # while waiting for a reply, how often to look whether its engine is still the one it was sent to
-POLLIN, NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost per operation
+READ_BYTES = 1 << 18
+CONNECT_S = 2.0  # an engine's listen backlog is long; a connect that waits this long finds it not taking requests
+SEND_S = 10.0  # a thread's send to an engine that has stopped reading gives up after this long (503)
 
 
 class EngineLost(NotReady):
@@ -56,7 +59,6 @@ class EngineClient:
         self.board = Board.open(run_dir)
         self.max_queue_texts = max_queue_texts
         self.max_in_flight = max_in_flight
-        self.context: zmq.Context = zmq.Context.instance()  # one per process: never torn down under live sockets
         self._local = threading.local()
         self._ids = itertools.count(1)
         self._turn = itertools.count()
@@ -105,13 +107,9 @@ class EngineClient:
     def submit(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
                room: int | None = None, model: str = "", generation: str = "") -> PendingScores:
         engine, request = self._addressed(encoded, timeout_s, wait_for_room, room, model, generation)
-        socket = self._socket(engine.index)
-        try:
-            socket.send(pack(request), zmq.NOBLOCK)
-        except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
-            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        link = self._send(engine, request)
         self._started_waiting()
-        return PendingScores(self, socket, engine, request.request_id)
+        return PendingScores(self, link, engine, request.request_id)
 
     def submit_on_loop(self, encoded: list[EncodedText], timeout_s: float, wait_for_room: bool = False,
                        room: int | None = None, model: str = "", generation: str = "") -> LoopPending:
@@ -149,15 +147,13 @@ class EngineClient:
         try:
             for engine in [s for s in states if s.serving]:
                 request = ControlRequest(next(self._ids), engine.pid, op, name, path, generation)
-                socket = self._socket(engine.index)
                 try:
-                    socket.send(pack(request), zmq.NOBLOCK)
-                except zmq.Again:
-                    replies.append(failure_reply(request.request_id, EngineLost(
-                        f"engine {engine.index} is not taking requests; retry"), ControlReply))
+                    link = self._send(engine, request)
+                except EngineLost as exc:
+                    replies.append(failure_reply(request.request_id, exc, ControlReply))
                     continue
                 # not counted in flight: a load may take minutes, and the cap is there for invocations
-                pending.append(PendingScores(self, socket, engine, request.request_id, counted=False))
+                pending.append(PendingScores(self, link, engine, request.request_id, counted=False))
             for waiting in pending:
                 try:
                     reply = waiting.reply(timeout_s)
@@ -174,17 +170,24 @@ class EngineClient:
                 waiting.cancel()
         return replies
 
-    def _socket(self, index: int) -> zmq.Socket:
-        sockets = getattr(self._local, "sockets", None)
-        if sockets is None:
-            sockets = self._local.sockets = {}
+    def _send(self, engine: EngineStatus, request: ScoreRequest | ControlRequest) -> ThreadLink:
+        """On this thread's own connection to the engine (made again for a restarted one)."""
+        links = getattr(self._local, "links", None)
+        if links is None:
+            links = self._local.links = {}
             self._local.stash = {}  # replies received for another pending request of this thread
-        socket = sockets.get(index)
-        if socket is None:
-            socket = sockets[index] = self.context.socket(zmq.DEALER)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.connect(socket_address(self.run_dir, index))
-        return socket
+        link = links.get(engine.index)
+        if link is None or link.pid != engine.pid or link.closed:
+            if link is not None:
+                link.close()
+            link = links[engine.index] = ThreadLink(connect(self.run_dir, engine), engine)
+        try:
+            link.sock.settimeout(SEND_S)
+            link.sock.sendall(frame(pack(request)))
+        except OSError as exc:  # gone, or not reading for SEND_S
+            link.close()
+            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        return link
 
     def _started_waiting(self) -> None:
         """A request thread serves one request at a time: it counts once in flight however many parts it sent."""
@@ -213,13 +216,57 @@ class EngineClient:
                 self._in_flight -= 1
 
 
-class PendingScores:
-    """One sent request; result() waits on the sending thread's own socket (the thread that submitted it)."""
+def connect(run_dir: Path, engine: EngineStatus) -> socket.socket:
+    """A connection to the engine's socket; EngineLost (503) when it is not listening."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_S)
+        sock.connect(socket_address(run_dir, engine.index))
+    except OSError as exc:
+        sock.close()
+        raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+    return sock
 
-    def __init__(self, client: EngineClient, socket: zmq.Socket, engine: EngineStatus, request_id: int,
+
+class ThreadLink:
+    """A thread's connection to one engine generation (its pid)."""
+
+    def __init__(self, sock: socket.socket, engine: EngineStatus) -> None:
+        self.sock = sock
+        self.index = engine.index
+        self.pid = engine.pid
+        self.frames = Frames()
+        self.closed = False
+
+    def receive(self, timeout: float) -> list | None:
+        """The records that arrived within `timeout` (None: none did); EngineLost once the engine has gone."""
+        try:
+            self.sock.settimeout(timeout)
+            data = self.sock.recv(READ_BYTES)
+        except TimeoutError:
+            return None
+        except OSError:
+            data = b""
+        try:
+            if not data:
+                raise BrokenStream("the end of the stream")
+            return [unpack(payload) for payload in self.frames.feed(data)]
+        except BrokenStream as exc:
+            self.close()
+            raise EngineLost(f"engine {self.index} stopped before answering; it is being restarted, retry") from exc
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+class PendingScores:
+    """One sent request; result() waits on the sending thread's own connection (the thread that submitted it)."""
+
+    def __init__(self, client: EngineClient, link: ThreadLink, engine: EngineStatus, request_id: int,
                  counted: bool = True) -> None:
         self.client = client
-        self.socket = socket
+        self.link = link
         self.engine = engine
         self.request_id = request_id
         self.sent_at = time.monotonic()
@@ -245,12 +292,12 @@ class PendingScores:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise FutureTimeout()
-                if self.socket.poll(int(min(left, CHECK_S) * 1000) + 1, zmq.POLLIN):
-                    reply = unpack(self.socket.recv())
+                replies = self.link.receive(min(left, CHECK_S))
+                if replies is None:
+                    self._check_engine()
+                for reply in replies or ():
                     if isinstance(reply, (ScoreReply, ControlReply)) and reply.request_id in stash:
                         stash[reply.request_id] = reply
-                else:
-                    self._check_engine()
             settled = stash[self.request_id]
         finally:
             self.cancel()
@@ -270,48 +317,116 @@ class PendingScores:
         return True
 
 
+class LoopLink:
+    """The event loop's connection to one engine generation (its pid), and what the socket has not yet taken."""
+
+    def __init__(self, sock: socket.socket, engine: EngineStatus) -> None:
+        self.sock = sock
+        self.index = engine.index
+        self.pid = engine.pid
+        self.frames = Frames()
+        self.outbox = bytearray()
+        self.closed = False
+
+
 class LoopChannel:
-    """The engines as an event loop sees them: one DEALER per engine for the whole loop, read when the loop sees
-    its descriptor ready, each reply settling its request's future; a watch fails the waits of an engine that
-    stopped. Used only on the loop that first sent (a front end runs one). Plain sockets on the loop's own
-    selector: zmq.asyncio's futures per send and receive cost more host CPU than the rest of the channel."""
+    """The engines as an event loop sees them: one connection per engine for the whole loop, read when the loop sees
+    it readable, each reply settling its request's future; an engine's connection that ends fails the waits on it
+    at once, and a watch those on an engine that hangs. Used only on the loop that first sent (a front end runs one).
+    Plain non-blocking sockets on the loop's own selector: no thread between the loop and the engine."""
 
     def __init__(self, client: EngineClient) -> None:
         self.client = client
         self.loop = asyncio.get_running_loop()
-        self.sockets: dict[int, zmq.Socket] = {}
+        self.links: dict[int, LoopLink] = {}
         self.waiting: dict[int, LoopPending] = {}
         self.watch = self.loop.create_task(self._watch())  # held: the loop keeps only a weak reference
 
     def send(self, engine: EngineStatus, request: ScoreRequest) -> LoopPending:
-        socket = self.sockets.get(engine.index)
-        if socket is None:
-            socket = self.sockets[engine.index] = self.client.context.socket(zmq.DEALER)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.connect(socket_address(self.client.run_dir, engine.index))
-            self.loop.add_reader(socket.getsockopt(zmq.FD), self._receive, socket)
-        try:
-            socket.send(pack(request), NOBLOCK)
-        except zmq.Again as exc:  # its high-water mark: the engine has stopped reading
-            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        link = self.links.get(engine.index)
+        if link is None or link.pid != engine.pid or link.closed:
+            if link is not None:  # the engine was replaced: what waits on its predecessor is lost
+                self._drop(link)
+            sock = connect(self.client.run_dir, engine)
+            sock.setblocking(False)
+            link = self.links[engine.index] = LoopLink(sock, engine)
+            self.loop.add_reader(sock.fileno(), self._receive, link)
+        self._write(link, frame(pack(request)))
         pending = LoopPending(self, engine, request.request_id)
         self.waiting[request.request_id] = pending
-        if _readable(socket):  # ZeroMQ's descriptor signals edges: a send may take
-            self.loop.call_soon(self._receive, socket)  # the one that announced a waiting reply
         return pending
 
-    def _receive(self, socket: zmq.Socket) -> None:
-        while _readable(socket):
+    def _write(self, link: LoopLink, data: bytes) -> None:
+        """As much as the socket takes now, the rest when the loop sees it writable (the engine reads meanwhile)."""
+        if link.outbox:
+            link.outbox += data
+            return
+        try:
+            sent = link.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._drop(link)
+            raise EngineLost(f"engine {link.index} is not taking requests; retry") from exc
+        if sent < len(data):
+            link.outbox += data[sent:]
+            self.loop.add_writer(link.sock.fileno(), self._flush, link)
+
+    def _flush(self, link: LoopLink) -> None:
+        try:
+            sent = link.sock.send(link.outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(link)
+            return
+        del link.outbox[:sent]
+        if not link.outbox:
+            self.loop.remove_writer(link.sock.fileno())
+
+    def _receive(self, link: LoopLink) -> None:
+        while not link.closed:
             try:
-                reply = unpack(socket.recv(NOBLOCK))
-            except zmq.Again:
+                data = link.sock.recv(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
                 return
-            except Exception:
-                log.exception("dropped an unreadable reply from an engine")
-                continue
-            pending = self.waiting.get(reply.request_id)
-            if pending is not None and isinstance(reply, ScoreReply) and not pending.future.done():
-                pending.future.set_result(reply)
+            except OSError:
+                data = b""
+            if not data:  # the engine has gone: it is being restarted
+                self._drop(link)
+                return
+            try:
+                payloads = link.frames.feed(data)
+            except BrokenStream:
+                log.exception("dropped the connection to engine %d", link.index)
+                self._drop(link)
+                return
+            for payload in payloads:
+                try:
+                    reply = unpack(payload)
+                except Exception:
+                    log.exception("dropped an unreadable reply from an engine")
+                    continue
+                pending = self.waiting.get(reply.request_id)
+                if pending is not None and isinstance(reply, ScoreReply) and not pending.future.done():
+                    pending.future.set_result(reply)
+            if len(data) < READ_BYTES:
+                return
+
+    def _drop(self, link: LoopLink) -> None:
+        """Close the connection and fail what waits on it: its engine will not answer on another."""
+        if link.closed:
+            return
+        link.closed = True
+        self.loop.remove_reader(link.sock.fileno())
+        self.loop.remove_writer(link.sock.fileno())
+        link.sock.close()
+        if self.links.get(link.index) is link:
+            del self.links[link.index]
+        for pending in list(self.waiting.values()):
+            if pending.engine.index == link.index and pending.engine.pid == link.pid and not pending.future.done():
+                pending.future.set_exception(EngineLost(
+                    f"engine {link.index} stopped before answering; it is being restarted, retry"))
 
     async def _watch(self) -> None:
         """Waits on an engine that stopped end at once with EngineLost (503), as a waiting thread's do."""
@@ -360,10 +475,6 @@ class LoopPending:
             self.future.cancel()
         elif not self.future.cancelled():
             self.future.exception()  # seen: an engine's loss set on a part nobody awaits is not logged as lost
-
-
-def _readable(socket: zmq.Socket) -> bool:
-    return bool(cast(int, socket.getsockopt(zmq.EVENTS)) & POLLIN)
 
 
 def _lost(board: Board, engine: EngineStatus) -> bool:

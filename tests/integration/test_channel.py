@@ -238,25 +238,28 @@ def test_models_are_loaded_and_unloaded_over_the_channel_and_requests_name_them(
 
 def test_an_unreadable_message_is_dropped_and_the_engine_keeps_serving(demo_dir, tmp_path, caplog):
     import pickle
+    import socket
 
-    import zmq
-
-    from serving.channel import ScoreRequest, pack
+    from serving.channel import LENGTH, MAX_MESSAGE, ScoreRequest, frame, pack
 
     with engine(tmp_path, backend="sim", model_dir=str(demo_dir / "rnn")) as (client, _, service, _):
-        raw = client.context.socket(zmq.DEALER)
-        raw.setsockopt(zmq.LINGER, 1000)
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         raw.connect(socket_address(client.run_dir, 0))
-        raw.send(b"not a pickle")
-        raw.send(pickle.dumps((1, 2, 3)))  # a record of the wrong shape
-        raw.send_multipart([b"two", b"frames"])  # three frames at the engine's ROUTER
+        raw.sendall(frame(b"not a pickle"))
+        raw.sendall(frame(pickle.dumps((1, 2, 3))))  # a record of the wrong shape
         mismatched = ScoreRequest(1, os.getpid(), time.monotonic() + 10, [np.array([0, 1])], [1, 2])
-        raw.send(pack(mismatched))  # features and lengths that do not pair up
+        raw.sendall(frame(pack(mismatched))[:7])  # features and lengths that do not pair up, in two pieces
+        time.sleep(0.05)
+        raw.sendall(frame(pack(mismatched))[7:])
         deadline = time.monotonic() + 10
-        while caplog.text.count("dropped a message") < 4 and time.monotonic() < deadline:
+        while caplog.text.count("dropped a message") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert caplog.text.count("dropped a message") == 3
+        raw.sendall(LENGTH.pack(MAX_MESSAGE + 1))  # a stream no longer in step: the engine lets it go
+        raw.settimeout(10)
+        assert raw.recv(10) == b""
         raw.close()
-        assert caplog.text.count("dropped a message") == 4
+        assert "dropped a connection that sent a message of" in caplog.text
         assert client.submit(service.classifier.encode(TEXTS[:1]), 10).result(10).scores.shape == (1, 7)
 
 
@@ -384,3 +387,46 @@ def test_on_a_loop_a_request_over_half_the_queue_goes_in_parts_and_counts_once_i
         assert len(result.results) == 200
         assert max(seen) == 1, max(seen)  # one request in flight, however many parts it sent
         assert client._in_flight == 0
+
+
+def test_a_reply_handed_over_while_the_engine_takes_its_wake_ups_does_not_silence_later_ones(tmp_path):
+    """The batcher's thread hands replies to the I/O thread with one wake-up byte for all that queue meanwhile. A
+    hand-over that lands while the I/O thread reads the wake-up bytes must leave the next hand-over able to wake it:
+    otherwise every later reply waits for the next request or the poll timeout (seen as latency tripling under load)."""
+    import select
+    import socket
+
+    from serving.channel import ScoreReply
+    from serving.engine.endpoint import Connection, Endpoint
+
+    board = Board.create(tmp_path, 1)
+    endpoint = Endpoint(EngineModels(Settings(), "cpu", load_service=None), str(tmp_path / "e.sock"), board, 0, 1)
+    ours, theirs = socket.socketpair()
+    connection = Connection(ours)
+
+    def hand_over_from_another_thread(request_id: int) -> None:
+        thread = threading.Thread(target=endpoint._hand_over, args=(connection, ScoreReply(request_id)))
+        thread.start()
+        thread.join()
+
+    class WakeReader:  # the real one, with a hand-over landing during its first read
+        def __init__(self, real):
+            self.real, self.calls = real, 0
+
+        def recv(self, size: int) -> bytes:
+            self.calls += 1
+            if self.calls == 1:
+                hand_over_from_another_thread(2)
+            return self.real.recv(size)
+
+    hand_over_from_another_thread(1)
+    real = endpoint._wake_reader
+    endpoint._wake_reader = WakeReader(real)
+    endpoint._take_wakeups()
+    endpoint._send_replies()
+    assert endpoint._in_flight == -2  # both taken (nothing was counted in: the test hands over directly)
+    hand_over_from_another_thread(3)
+    assert select.select([real], [], [], 0)[0], "the third reply sent no wake-up: the I/O thread would sleep on it"
+    endpoint._wake_reader = real
+    endpoint._close_all()
+    theirs.close()
