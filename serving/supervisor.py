@@ -19,6 +19,9 @@ import threading
 import time
 from pathlib import Path
 
+import uvicorn
+from uvicorn.supervisors.multiprocess import SIGNALS, Multiprocess
+
 from serving.board import RUN_DIR_ENV, SIM_DEVICE_ENV, STALE_S, STUCK_S, Board, EngineState
 from serving.config import Settings
 from serving.engine.main import LOAD_FAILED, SETTINGS_FILE
@@ -46,6 +49,43 @@ class EngineProcess:
     quick_deaths: int = 0
     was_ready: bool = False  # a load failure after that (a GPU error in a restart's warm-up) is retried, a few times
     unhealthy_since: float = 0.0
+
+
+class FrontEnds(Multiprocess):
+    """uvicorn's process manager as `serve` runs it: it tells a stop by signal from front ends that could not start,
+    kills a front end still running `kill_after_s` after the stop (its own graceful timeout is over by then: its
+    event loop is stuck), and keeps one front end per core (no resizing by signal)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list, kill_after_s: float) -> None:
+        super().__init__(config, sockets)
+        self.kill_after_s = kill_after_s
+        self.signalled = False
+
+    def handle_int(self) -> None:
+        self.signalled = True
+        super().handle_int()
+
+    def handle_term(self) -> None:
+        self.signalled = True
+        super().handle_term()
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP ignored: the front ends are not restarted by signal")
+
+    def handle_ttin(self) -> None:
+        log.info("SIGTTIN ignored: one front end per core")
+
+    def handle_ttou(self) -> None:
+        log.info("SIGTTOU ignored: one front end per core")
+
+    def join_all(self) -> None:
+        deadline = time.monotonic() + self.kill_after_s
+        for front_end in self.processes:
+            front_end.process.join(max(0.0, deadline - time.monotonic()))
+            if front_end.process.is_alive():
+                log.error("front end %s did not finish its requests in time; killed", front_end.pid)
+                front_end.kill()
+                front_end.process.join()
 
 
 class Supervisor:
@@ -79,23 +119,25 @@ class Supervisor:
             self._start(engine)
         threading.Thread(target=self._watch, name="engine-watch", daemon=True).start()
         try:
-            self._serve_http()
+            stopped = self._serve_http()
         finally:
             self._stopping.set()
             self._stop_engines(ENGINE_DRAIN_S)
+        if not stopped:
+            log.error("the front ends could not start (their errors are above); stopping")
+            return 1
         return 0
 
-    def _serve_http(self) -> None:
+    def _serve_http(self) -> bool:
         """uvicorn's process manager runs the front ends (and starts again one that dies); it returns after a
-        SIGTERM (or SIGINT) once they have stopped accepting and finished their requests.
+        SIGTERM (or SIGINT) once they have stopped accepting and finished their requests (True), or when a front end
+        could not start (False). Its signal handlers and listening socket go with it: while the engines drain,
+        a connection is refused rather than left unanswered, and a second SIGTERM ends the process.
 
         uvicorn on uvloop with httptools reads requests and writes answers on the front end's own event loop;
         granian (Rust threads feeding the loop) cost a thread hand-off to start each request, another to read its
         body and another to send its answer, which at low load was a fifth of a request's latency (BENCHMARKS.md).
         """
-        import uvicorn
-        from uvicorn.supervisors import Multiprocess
-
         s = self.settings
         gpus = sum(e.gpu is not None for e in self.engines)
         log.info("layout: %d front end(s) feeding %d engine(s), %s", self.frontends, len(self.engines),
@@ -107,7 +149,16 @@ class Supervisor:
                                 log_config=None, log_level=s.log_level.lower(), access_log=False, proxy_headers=False,
                                 server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
                                 timeout_graceful_shutdown=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S))
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        listening = config.bind_socket()
+        handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        front_ends = FrontEnds(config, [listening], kill_after_s=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S) + 1)
+        try:
+            front_ends.run()
+        finally:
+            listening.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return front_ends.signalled
 
     def _start(self, engine: EngineProcess) -> None:
         device = "cpu" if engine.gpu is None else "cuda"

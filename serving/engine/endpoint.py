@@ -46,6 +46,7 @@ POLL_S = 0.05  # how often an idle I/O thread refreshes the board's heartbeat an
 LINGER_S = 0.5  # a draining engine keeps answering (503) what front ends sent before they saw it draining
 READ_BYTES = 1 << 18
 FLUSH_AT_EXIT_S = 1.0  # how long a stopping engine waits for a slow front end to take its last replies
+ACCEPT_PAUSE_S = 0.1  # out of descriptors: how long the listener rests (its queued connections wait meanwhile)
 
 
 class Connection:
@@ -84,6 +85,8 @@ class Endpoint:
         self._connections: set[Connection] = set()
         self._replies: collections.deque[tuple[Connection, bytes]] = collections.deque()  # settled on other threads
         self._woken = False  # a wake-up is on its way to the I/O thread for what is in _replies
+        self._closed = False  # sockets closed: later hand-overs (settled after the drain gave up) are dropped
+        self._accept_again_at = 0.0  # while the listener rests
         self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
         self._stop = threading.Event()
         self._parent = parent if parent is not None else os.getppid()  # the supervisor, read before loading
@@ -102,6 +105,9 @@ class Endpoint:
         drained_at = 0.0
         while True:
             arrived: list[tuple[Connection, bytes]] = []
+            if self._accept_again_at and time.monotonic() >= self._accept_again_at:
+                self._accept_again_at = 0.0
+                self.selector.register(self.listener, selectors.EVENT_READ)
             for key, events in self.selector.select(POLL_S):
                 if key.fileobj is self.listener:
                     self._accept()
@@ -141,8 +147,11 @@ class Endpoint:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors, say: the front end's connect is refused, it answers 503
-                log.exception("engine %d could not accept a connection", self.index)
+            except OSError as exc:  # out of descriptors: the connection stays queued; rest rather than spin on it
+                log.error("engine %d could not accept a connection (%s); trying again in %.1f s", self.index, exc,
+                          ACCEPT_PAUSE_S)
+                self.selector.unregister(self.listener)
+                self._accept_again_at = time.monotonic() + ACCEPT_PAUSE_S
                 return
             sock.setblocking(False)
             connection = Connection(sock)
@@ -190,6 +199,7 @@ class Endpoint:
                 except OSError:
                     pass
             self._close(connection)
+        self._closed = True
         self.selector.close()
         for sock in (self.listener, self._wake_reader, self._wake_writer):
             sock.close()
@@ -292,10 +302,13 @@ class Endpoint:
             self._in_flight -= 1
             self._send(connection, frame(pack(reply)))
             return
+        if self._closed:  # settled after the drain gave up on it: nobody will send it
+            return
         self._replies.append((connection, frame(pack(reply))))
         if not self._woken:  # one wake-up for whatever queues up before the I/O thread takes it
             self._woken = True
-            with contextlib.suppress(BlockingIOError):  # full: wake-ups are on their way already
+            # full: wake-ups are on their way already; closed: the engine stopped meanwhile
+            with contextlib.suppress(OSError):
                 self._wake_writer.send(b"\0")
 
     def _take_wakeups(self) -> None:

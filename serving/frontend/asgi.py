@@ -129,11 +129,12 @@ class LoopRoutes:
         answer_headers(extra, headers.get("x-amzn-sagemaker-custom-attributes"), request_id)
         head = [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode()),
                 *((name.encode("latin-1"), value.encode("latin-1")) for name, value in extra.items())]
+        answered_at = time.monotonic()
         try:
             await send({"type": "http.response.start", "status": status, "headers": head})
             await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
         finally:  # counted and logged once answered: the client does not wait for the access log and the metrics
-            count(request_id, self.state.models, model, (method, path, label, status, started))
+            count(request_id, self.state.models, model, (method, path, label, status, started), answered_at)
 
     async def _invoke(self, body: Body, headers: dict[str, str], model: str, deadline: float) -> Answer:
         try:

@@ -45,9 +45,11 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
-def record(method: str, path: str, route: str, status: int, started: float, request_id: str) -> None:
-    """Count and log one answered request (the access log: one JSON line each)."""
-    elapsed = time.monotonic() - started
+def record(method: str, path: str, route: str, status: int, started: float, request_id: str,
+           answered_at: float | None = None) -> None:
+    """Count and log one answered request (the access log: one JSON line each); its latency ends at `answered_at`
+    (default now)."""
+    elapsed = (answered_at or time.monotonic()) - started
     metrics.requests.labels(route, str(status)).inc()
     metrics.request_latency.labels(route).observe(elapsed)
     access_log.info(json.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
@@ -92,7 +94,7 @@ class DirectRoutes:
         if route is None or route == MODEL_INVOKE and self.state.models is None:
             return self.fallback(environ, start_response)
         started = time.monotonic()
-        method = environ.get("REQUEST_METHOD", "GET").upper()  # as werkzeug reads it (granian passes "post" on)
+        method = environ.get("REQUEST_METHOD", "GET").upper()  # as werkzeug reads it (a server may pass "post" on)
         token = request_deadline.set(started + self.settings.timeout_s)  # reading the body counts against it
         request_id = environ.get("HTTP_X_AMZN_REQUESTID") or uuid.uuid4().hex
         label = route
@@ -115,7 +117,7 @@ class DirectRoutes:
         finally:
             request_deadline.reset(token)
         if not self._drained(environ):  # the connection cannot carry another request:
-            headers["Connection"] = "close"  # say so (granian passes it on; gunicorn drops it but closes anyway)
+            headers["Connection"] = "close"  # say so (gunicorn drops it but closes anyway)
         finish(headers, environ.get(CUSTOM_ATTRIBUTES_ENV), request_id, self.state.models, model,
                (method, path.encode("latin-1").decode("utf-8", "replace"), label, status, started))
         head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers.items()]
@@ -237,15 +239,18 @@ def answer_headers(headers: dict[str, str], attributes: str | None, request_id: 
     headers["X-Request-Id"] = request_id
 
 
-def count(request_id: str, models, model: str, answered: tuple[str, str, str, int, float]) -> None:
+def count(request_id: str, models, model: str, answered: tuple[str, str, str, int, float],
+          answered_at: float | None = None) -> None:
     """The request counted and logged; `answered` is (method, path, route label, status, started), `model` the
-    multi-model endpoint's model it was for (`models` its ModelSet)."""
+    multi-model endpoint's model it was for (`models` its ModelSet), `answered_at` when its answer was ready (a
+    slow client's download is not the server's latency; default now)."""
     try:
-        record(*answered, request_id)
+        answered_at = answered_at or time.monotonic()
+        record(*answered, request_id, answered_at)
         status, started = answered[3], answered[4]
         if model and model in models.catalog.entries():  # never a label per unknown name sent
             metrics.model_requests.labels(model, str(status)).inc()
-            metrics.model_latency.labels(model).observe(time.monotonic() - started)
+            metrics.model_latency.labels(model).observe(answered_at - started)
     except Exception:  # a metrics or log failure must not turn a finished answer into the server's own 500
         log.exception("could not record request %s", request_id)
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CHECK_S = 0.2  # while waiting for a reply, how often to look whether its engine is still the one it was sent to
 READ_BYTES = 1 << 18
-CONNECT_S = 2.0  # an engine's listen backlog is long; a connect that waits this long finds it not taking requests
+CONNECT_S = 2.0  # bounds a connect (a Unix socket's is immediate: refused, or queued for the engine to accept)
 SEND_S = 10.0  # a thread's send to an engine that has stopped reading gives up after this long (503)
 
 
@@ -241,7 +241,7 @@ class ThreadLink:
     def receive(self, timeout: float) -> list | None:
         """The records that arrived within `timeout` (None: none did); EngineLost once the engine has gone."""
         try:
-            self.sock.settimeout(timeout)
+            self.sock.settimeout(max(timeout, 0.001))  # 0 would make the socket non-blocking
             data = self.sock.recv(READ_BYTES)
         except TimeoutError:
             return None
@@ -250,10 +250,17 @@ class ThreadLink:
         try:
             if not data:
                 raise BrokenStream("the end of the stream")
-            return [unpack(payload) for payload in self.frames.feed(data)]
+            payloads = self.frames.feed(data)
         except BrokenStream as exc:
             self.close()
             raise EngineLost(f"engine {self.index} stopped before answering; it is being restarted, retry") from exc
+        records = []
+        for payload in payloads:
+            try:
+                records.append(unpack(payload))
+            except Exception:  # never expected (both ends are this package): the others in this read still count
+                log.exception("dropped an unreadable reply from an engine")
+        return records
 
     def close(self) -> None:
         self.closed = True

@@ -100,6 +100,24 @@ def test_a_killed_front_end_is_replaced_while_the_other_keeps_serving(demo_dir, 
         assert front_ends[1] in front_end_pids(server)
 
 
+def test_a_stuck_front_end_is_killed_at_sigterm_and_the_engines_still_drain(demo_dir, tmp_path):
+    """SIGSTOP stands for a front end whose event loop is stuck: its graceful stop never comes, so the supervisor
+    kills it once the drain's time is up, then stops the engines, and exits 0."""
+    with sim_server(tmp_path, demo_dir, "--graceful-timeout-s", "7") as server:
+        engines = engine_pids(server)
+        stuck = front_end_pids(server)[0]
+        psutil.Process(stuck).suspend()
+        started = time.monotonic()
+        server.process.terminate()
+        code = server.process.wait(30)
+        took = time.monotonic() - started
+        assert code == 0 and took < 12, (code, took, server.log()[-2000:])
+        assert f"front end {stuck} did not finish its requests in time; killed" in server.log()
+        assert "engine 0 stopped" in server.log()
+        assert not [pid for pid in [stuck, *engines] if psutil.pid_exists(pid)
+                    and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
 def test_sigterm_during_load_drains_front_ends_then_engines_and_loses_nothing(demo_dir, tmp_path):
     with sim_server(tmp_path, demo_dir, "--sim-fixed-ms", "20", "--max-batch-size", "4") as server:
         engines = engine_pids(server)
@@ -193,7 +211,7 @@ def test_overload_gets_429_with_retry_after_at_the_door_in_milliseconds(demo_dir
 
 
 def test_an_over_long_chunked_body_gets_413_not_a_silently_cut_one(demo_dir, tmp_path):
-    """granian passes a chunked body on without a Content-Length: the front end must refuse it once it passes the
+    """An ASGI server passes a chunked body on without a Content-Length: the front end must refuse it once it passes the
     limit (werkzeug alone would cut it at the limit and answer 400 or 200)."""
     with sim_server(tmp_path, demo_dir, "--max-payload-mb", "1") as server:
         chunk = b'["' + b"word " * 150_000 + b'"]'  # ~0.75 MB of JSON, sent twice without a Content-Length

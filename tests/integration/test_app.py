@@ -365,7 +365,7 @@ def test_a_body_without_a_length_is_read_only_up_to_the_limit(served):
         status, headers, _, stream = call_wsgi(app, method, "/invocations", b'["hi"]' * 20, CONTENT_LENGTH="120",
                                                **extra)  # answered before reading: the body is read and dropped
         assert status.startswith(answer) and stream.tell() == 120 and "Connection" not in headers
-    status, headers, body, _ = call_wsgi(app, "post", "/invocations", b'["hi"]')  # granian passes it lower case
+    status, headers, body, _ = call_wsgi(app, "post", "/invocations", b'["hi"]')  # a WSGI server may pass it lower case
     assert status.startswith("200") and headers["Content-Length"] == str(len(body)) and "Connection" not in headers
     assert json.loads(body)["predictions"][0]["scores"]
 

@@ -1,5 +1,5 @@
 """The channel end to end in one process: a real engine endpoint (the real batcher over a real model or a
-simulated accelerator) served on its ipc socket, and the front end's EngineClient talking to it."""
+simulated accelerator) served on its Unix socket, and the front end's EngineClient talking to it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from serving.engine.models import EngineModels
 from serving.errors import NotReady, QueueFull
 from serving.frontend.engines import EngineClient, EngineLost
 from serving.models.simulated import SimulatedAccelerator
+from serving.service import InferenceService
 
 TEXTS = ["you are an idiot", "thanks, that helped a lot", "I will find you", "what a lovely day", "shut up",
          "the meeting moved to Tuesday", "go away, loser", "great game last night"]
@@ -289,7 +291,7 @@ def test_requests_on_an_event_loop_get_their_own_scores(demo_dir, tmp_path):
 
 
 def test_on_a_loop_a_reply_that_comes_while_nothing_else_happens_is_read(demo_dir, tmp_path):
-    """ZeroMQ's descriptor signals edges: the loop must not wait for further traffic to read a reply."""
+    """The loop reads a reply as soon as it comes, with no further traffic."""
     with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, _):
         async def two():
             first = client.submit_on_loop(service.classifier.encode(["first"]), 10)
@@ -305,8 +307,8 @@ def test_on_a_loop_a_reply_that_comes_while_nothing_else_happens_is_read(demo_di
 
 
 def test_on_a_loop_a_reply_that_came_before_a_send_is_read_at_once(demo_dir, tmp_path):
-    """A send may take the ZeroMQ descriptor's one signal that a reply is waiting; the loop must read it then, not
-    when the next reply comes."""
+    """A reply that came while the loop was busy is read as soon as the loop is free, not when the next reply
+    comes."""
     with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, endpoint):
         async def two():
             first = client.submit_on_loop(service.classifier.encode(["first"]), 10)
@@ -429,4 +431,88 @@ def test_a_reply_handed_over_while_the_engine_takes_its_wake_ups_does_not_silenc
     assert select.select([real], [], [], 0)[0], "the third reply sent no wake-up: the I/O thread would sleep on it"
     endpoint._wake_reader = real
     endpoint._close_all()
+    ours.close()
     theirs.close()
+
+
+def test_on_a_loop_a_connection_the_engine_ends_fails_its_waits_at_once(tmp_path):
+    """An engine that dies closes its connections: what waits on it gets 503 then, with the board still saying the
+    engine serves (so no watch would catch it before the request's deadline)."""
+    import socket
+
+    from serving.classifier import EncodedText
+
+    board = Board.create(tmp_path, 1)
+    board.write(0, pid=os.getpid(), state=EngineState.READY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_address(tmp_path, 0))
+    listener.listen()
+    client = EngineClient(tmp_path, max_queue_texts=2048, max_in_flight=8)
+
+    def engine_that_dies() -> None:
+        connection, _ = listener.accept()
+        connection.recv(4096)  # the request came
+        connection.close()
+
+    dies = threading.Thread(target=engine_that_dies)
+    dies.start()
+
+    async def wait() -> float:
+        pending = client.submit_on_loop([EncodedText(np.array([0, 5, 2]), 3, False)], 3)
+        started = time.monotonic()
+        with pytest.raises(EngineLost):
+            await pending.result(3)
+        return time.monotonic() - started
+
+    assert on_loop(wait) < 0.15  # the watch looks every 0.2 s, and would find the engine serving
+    dies.join()
+    listener.close()
+
+
+def test_replies_a_front_end_does_not_read_yet_wait_in_the_engine_and_all_arrive(demo_dir, tmp_path):
+    """More replies than a socket holds, sent while the front end is not reading: the engine keeps the rest and
+    sends it as the front end reads, none lost or cut, the engine serving meanwhile."""
+    import socket
+
+    from serving.channel import Frames, ScoreRequest, frame, pack, unpack
+
+    with engine(tmp_path, backend="sim", model_dir=str(demo_dir / "roberta")) as (_, _, service, endpoint):
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(socket_address(tmp_path / "run", 0))
+        encoded = service.classifier.encode(TEXTS * 40)  # 320 texts: replies of 9 KB each
+        for request_id in range(1, 101):
+            raw.sendall(frame(pack(ScoreRequest(request_id, os.getpid(), time.monotonic() + 60,
+                                                [e.features for e in encoded], [e.length for e in encoded]))))
+            time.sleep(0.03)  # the queue keeps room: every reply carries scores
+        deadline = time.monotonic() + 30
+        while endpoint._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert endpoint._in_flight == 0
+        assert any(c.outbox for c in endpoint._connections), "every reply fitted in the socket: nothing tested"
+        frames, replies = Frames(), []
+        raw.settimeout(10)
+        while len(replies) < 100:
+            replies += [unpack(payload) for payload in frames.feed(raw.recv(1 << 16))]
+        raw.close()
+        assert sorted(r.request_id for r in replies) == list(range(1, 101))  # each once (in the order they settled)
+        assert all(r.error_kind == "" and r.scores.shape == (320, 7) for r in replies), {r.error_kind for r in replies}
+
+
+def test_on_a_loop_a_request_larger_than_the_socket_holds_goes_whole(demo_dir, tmp_path):
+    """The loop writes what the socket takes and the rest when the engine has read it: a large request's parts
+    arrive whole, in order."""
+    import socket
+
+    with engine(tmp_path, backend="sim", model_dir=str(demo_dir / "roberta")) as (client, _, service, _):
+        encoded = service.classifier.encode([" ".join(["thanks for the thoughtful reply"] * 30)] * 3000)
+
+        front_end = SimpleNamespace(batcher=client, timeout_s=60)  # a front end's service: its batcher is the client
+
+        async def score():
+            return await InferenceService.score_on_loop(front_end, list(encoded), time.monotonic() + 20), client._loop
+
+        result, channel = on_loop(score)
+        assert result.scores.shape == (3000, 7)
+        [link] = channel.links.values()
+        part_bytes = 1024 * encoded[0].length * 4
+        assert part_bytes > 2 * link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # never in one send

@@ -33,19 +33,25 @@ def test_a_reader_on_another_core_never_sees_a_field_half_written(tmp_path):
     writer = context.Process(target=_write_as_an_engine_does, args=(str(tmp_path), stop))
     writer.start()
     try:
-        wrong, reads = [], 0
-        while board.read(0).heartbeat == board.read(0).heartbeat:  # until the writer is busy
+        first = board.read(0).heartbeat
+        started = time.monotonic()
+        while board.read(0).heartbeat == first:  # until the writer is busy
+            assert time.monotonic() - started < 60 and writer.is_alive(), "the writer did not start"
             time.sleep(0.01)
+        wrong, reads, beats = [], 0, set()
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             status = board.read(0)
             reads += 1
+            beats.add(status.heartbeat)
             if not status.serving or status.pid != 4321 or status.queued_texts not in (0, 3):
                 wrong.append(status)
+        assert writer.is_alive(), "the writer stopped: the reads raced nothing"
     finally:
         stop.set()
         writer.join(10)
-    assert reads > 10_000
+    assert writer.exitcode == 0
+    assert reads > 10_000 and len(beats) > 1_000, (reads, len(beats))  # read while it wrote, all along
     assert not wrong, f"{len(wrong)} of {reads} reads, e.g. {wrong[:3]}"
 
 
