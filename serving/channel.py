@@ -118,6 +118,34 @@ def frame(payload: bytes) -> bytes:
     return LENGTH.pack(len(payload)) + payload
 
 
+def send_or_keep(sock, outbox: bytearray, data: bytes) -> bool:
+    """Send what a non-blocking socket takes now and keep the rest in `outbox`, behind what it holds already (the
+    stream stays in order). True when the outbox has just started holding something: the caller then watches the
+    socket for room and calls send_kept. OSError: the other end is gone."""
+    if outbox:
+        outbox += data
+        return False
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    if sent == len(data):
+        return False
+    outbox += data[sent:]
+    return True
+
+
+def send_kept(sock, outbox: bytearray) -> bool:
+    """Send what the socket takes of `outbox`; True once it is empty (stop watching). OSError: the other end is
+    gone."""
+    try:
+        sent = sock.send(outbox)
+    except (BlockingIOError, InterruptedError):
+        return False
+    del outbox[:sent]
+    return not outbox
+
+
 class Frames:
     """Messages out of a byte stream, whatever pieces it arrives in."""
 

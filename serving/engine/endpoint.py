@@ -33,6 +33,8 @@ from serving.channel import (
     failure_reply,
     frame,
     pack,
+    send_kept,
+    send_or_keep,
     unpack,
 )
 from serving.classifier import EncodedText
@@ -337,30 +339,17 @@ class Endpoint:
         """As much as the socket takes now; the rest when it is writable again (the front end is reading)."""
         if connection.closed:  # the front end is gone (restarted): nobody waits for this answer
             return
-        if connection.outbox:
-            connection.outbox += data
-            return
         try:
-            sent = connection.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            if send_or_keep(connection.sock, connection.outbox, data):
+                self.selector.modify(connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection)
         except OSError:
             self._close(connection)
-            return
-        if sent < len(data):
-            connection.outbox += data[sent:]
-            self.selector.modify(connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection)
 
     def _flush(self, connection: Connection) -> None:
         if connection.closed:
             return
         try:
-            sent = connection.sock.send(connection.outbox)
-        except (BlockingIOError, InterruptedError):
-            return
+            if send_kept(connection.sock, connection.outbox):
+                self.selector.modify(connection.sock, selectors.EVENT_READ, connection)
         except OSError:
             self._close(connection)
-            return
-        del connection.outbox[:sent]
-        if not connection.outbox:
-            self.selector.modify(connection.sock, selectors.EVENT_READ, connection)

@@ -33,6 +33,8 @@ from serving.channel import (
     failure_reply,
     frame,
     pack,
+    send_kept,
+    send_or_keep,
     unpack,
 )
 from serving.classifier import EncodedText
@@ -365,31 +367,20 @@ class LoopChannel:
 
     def _write(self, link: LoopLink, data: bytes) -> None:
         """As much as the socket takes now, the rest when the loop sees it writable (the engine reads meanwhile)."""
-        if link.outbox:
-            link.outbox += data
-            return
         try:
-            sent = link.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            kept = send_or_keep(link.sock, link.outbox, data)
         except OSError as exc:
             self._drop(link)
             raise EngineLost(f"engine {link.index} is not taking requests; retry") from exc
-        if sent < len(data):
-            link.outbox += data[sent:]
+        if kept:
             self.loop.add_writer(link.sock.fileno(), self._flush, link)
 
     def _flush(self, link: LoopLink) -> None:
         try:
-            sent = link.sock.send(link.outbox)
-        except (BlockingIOError, InterruptedError):
-            return
+            if send_kept(link.sock, link.outbox):
+                self.loop.remove_writer(link.sock.fileno())
         except OSError:
             self._drop(link)
-            return
-        del link.outbox[:sent]
-        if not link.outbox:
-            self.loop.remove_writer(link.sock.fileno())
 
     def _receive(self, link: LoopLink) -> None:
         while not link.closed:
