@@ -10,6 +10,7 @@ import logging
 import logging.config
 import os
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -234,7 +235,9 @@ def run_multi_model(settings: Settings) -> None:
         raise ValueError(f"models_root {root} is not a folder (SERVING_MODELS_ROOT; SageMaker's is /opt/ml/models)")
     gpus = find_gpus(settings)
     log.info("multi-model endpoint over models in %s with settings %s", root, settings.describe())
-    Supervisor(settings, None, gpus).run()
+    code = Supervisor(settings, None, gpus).run()
+    if code:
+        sys.exit(code)
 
 
 def run(settings: Settings) -> None:
@@ -257,7 +260,9 @@ def run(settings: Settings) -> None:
     if layout == "engines":
         from serving.supervisor import Supervisor
 
-        Supervisor(settings, model_dir, gpus).run()
+        code = Supervisor(settings, model_dir, gpus).run()
+        if code:
+            sys.exit(code)
         return
     # Every worker imports torch (set_torch_threads, sim included); importing it once here lets them share it
     # after the fork. Importing does not initialise CUDA, which is what a forking master must not do (serving.gpus).

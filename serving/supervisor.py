@@ -78,6 +78,20 @@ class FrontEnds(Multiprocess):
     def handle_ttou(self) -> None:
         log.info("SIGTTOU ignored: one front end per core")
 
+    def run(self) -> None:
+        try:
+            super().run()
+        except BaseException:  # the front ends it started must not outlive it, serving with no engines
+            self.should_exit.set()
+            self.terminate_all()
+            self.join_all()
+            raise
+
+    def keep_subprocess_alive(self) -> None:
+        self.handle_signals()  # a stop that came meanwhile first: pinging a stuck front end takes 5 s to fail
+        if not self.should_exit.is_set():
+            super().keep_subprocess_alive()
+
     def join_all(self) -> None:
         deadline = time.monotonic() + self.kill_after_s
         for front_end in self.processes:
@@ -144,20 +158,22 @@ class Supervisor:
                  f"one per GPU ({gpus})" if gpus else "simulated" if s.backend == "sim" else "on the CPU")
         # no lifespan events (the app has nothing to start or stop), no access log of uvicorn's (the app writes
         # its own, with request ids), no proxy-header rewriting (the app never reads the client's address)
+        drain_s = max(1, s.graceful_timeout_s - ENGINE_DRAIN_S)  # the front ends' part of the SIGTERM drain
         config = uvicorn.Config("serving.frontend.asgi:create", factory=True, host=s.host, port=s.port,
                                 workers=self.frontends, loop="uvloop", http="httptools", ws="none", lifespan="off",
                                 log_config=None, log_level=s.log_level.lower(), access_log=False, proxy_headers=False,
                                 server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
-                                timeout_graceful_shutdown=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S))
+                                timeout_graceful_shutdown=drain_s)
         listening = config.bind_socket()
         handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
-        front_ends = FrontEnds(config, [listening], kill_after_s=max(1, s.graceful_timeout_s - ENGINE_DRAIN_S) + 1)
+        front_ends = FrontEnds(config, [listening], kill_after_s=drain_s + 1)
         try:
             front_ends.run()
         finally:
             listening.close()
             for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # None: not set from Python, nothing to give back
+                    signal.signal(sig, handler)
         return front_ends.signalled
 
     def _start(self, engine: EngineProcess) -> None:

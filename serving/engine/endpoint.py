@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -89,6 +90,7 @@ class Endpoint:
         self._woken = False  # a wake-up is on its way to the I/O thread for what is in _replies
         self._closed = False  # sockets closed: later hand-overs (settled after the drain gave up) are dropped
         self._accept_again_at = 0.0  # while the listener rests
+        self._accept_failing = False
         self._in_flight = 0  # taken and not yet answered; touched by the I/O thread only
         self._stop = threading.Event()
         self._parent = parent if parent is not None else os.getppid()  # the supervisor, read before loading
@@ -149,12 +151,18 @@ class Endpoint:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: the connection stays queued; rest rather than spin on it
-                log.error("engine %d could not accept a connection (%s); trying again in %.1f s", self.index, exc,
-                          ACCEPT_PAUSE_S)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    continue  # that one connection failed (aborted by the front end, say)
+                # out of descriptors or memory: the connection stays queued; rest rather than spin on it
+                if not self._accept_failing:  # once per spell, not every rest
+                    self._accept_failing = True
+                    log.error("engine %d could not accept a connection (%s); trying again every %.1f s", self.index,
+                              exc, ACCEPT_PAUSE_S)
                 self.selector.unregister(self.listener)
                 self._accept_again_at = time.monotonic() + ACCEPT_PAUSE_S
                 return
+            self._accept_failing = False
             sock.setblocking(False)
             connection = Connection(sock)
             self._connections.add(connection)
@@ -192,6 +200,8 @@ class Endpoint:
 
     def _close_all(self) -> None:
         """At the end: what the front ends have not yet taken gets a moment to go, then every socket closes."""
+        self._closed = True  # hand-overs from now on are dropped; those before go with the rest
+        self._send_replies()
         deadline = time.monotonic() + FLUSH_AT_EXIT_S
         for connection in list(self._connections):
             if connection.outbox:
@@ -201,7 +211,6 @@ class Endpoint:
                 except OSError:
                     pass
             self._close(connection)
-        self._closed = True
         self.selector.close()
         for sock in (self.listener, self._wake_reader, self._wake_writer):
             sock.close()

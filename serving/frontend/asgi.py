@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging.config
 import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 from a2wsgi import WSGIMiddleware
 from flask import Flask
+from uvicorn.config import STARTUP_FAILURE
 
 from serving.board import RUN_DIR_ENV
 from serving.channel import BatchedResult
@@ -124,12 +126,12 @@ class LoopRoutes:
                 status, content_type, payload, extra = await self._invoke(body, headers, model, deadline)
         except Exception as exc:
             status, content_type, payload, extra = answer_error(exc, request_id)
+        answered_at = time.monotonic()  # a client-paced read of a body answered early is not the server's latency
         if not await body.drained():  # the connection cannot carry another request: say so
             extra["Connection"] = "close"
         answer_headers(extra, headers.get("x-amzn-sagemaker-custom-attributes"), request_id)
         head = [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode()),
                 *((name.encode("latin-1"), value.encode("latin-1")) for name, value in extra.items())]
-        answered_at = time.monotonic()
         try:
             await send({"type": "http.response.start", "status": status, "headers": head})
             await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
@@ -267,6 +269,16 @@ class Body:
 
 
 def create() -> LoopRoutes:
+    """The app, or the process ends with uvicorn's start-failure code (the server then stops, exit 1, instead of
+    starting front ends that fail the same way forever)."""
+    try:
+        return _create()
+    except Exception:
+        logging.getLogger(__name__).exception("the front end could not start")
+        sys.exit(STARTUP_FAILURE)
+
+
+def _create() -> LoopRoutes:
     from serving.engine.main import read_settings
     from serving.frontend.app import create_app
     from serving.frontend.engines import EngineClient

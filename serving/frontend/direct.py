@@ -49,7 +49,7 @@ def record(method: str, path: str, route: str, status: int, started: float, requ
            answered_at: float | None = None) -> None:
     """Count and log one answered request (the access log: one JSON line each); its latency ends at `answered_at`
     (default now)."""
-    elapsed = (answered_at or time.monotonic()) - started
+    elapsed = (time.monotonic() if answered_at is None else answered_at) - started
     metrics.requests.labels(route, str(status)).inc()
     metrics.request_latency.labels(route).observe(elapsed)
     access_log.info(json.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
@@ -245,7 +245,7 @@ def count(request_id: str, models, model: str, answered: tuple[str, str, str, in
     multi-model endpoint's model it was for (`models` its ModelSet), `answered_at` when its answer was ready (a
     slow client's download is not the server's latency; default now)."""
     try:
-        answered_at = answered_at or time.monotonic()
+        answered_at = time.monotonic() if answered_at is None else answered_at
         record(*answered, request_id, answered_at)
         status, started = answered[3], answered[4]
         if model and model in models.catalog.entries():  # never a label per unknown name sent

@@ -156,3 +156,16 @@ def test_a_large_request_s_steps_run_on_a_thread_with_its_deadline_and_errors_re
             asyncio.run(drive_on_loop(steps(False), constant_scores, time.monotonic() - 1, pool))
         assert seen == {}
     assert request_deadline.get() is None
+
+
+def test_a_front_end_that_cannot_start_exits_with_uvicorns_start_failure_code(tmp_path, monkeypatch):
+    """Else uvicorn would start it again every half second, forever; with this code it stops the server (exit 1)."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from serving.board import RUN_DIR_ENV
+    from serving.frontend.asgi import create
+
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path))  # no settings there
+    with pytest.raises(SystemExit) as stopped:
+        create()
+    assert stopped.value.code == STARTUP_FAILURE
