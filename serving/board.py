@@ -112,8 +112,7 @@ class Board:
 def int_fields(mapped: mmap.mmap) -> memoryview[int]:
     """A mapped file as native int64 fields: each is read and written as one aligned 8-byte copy, which a process on
     another core never sees half done. struct.pack_into clears a field before it fills it in: a front end reading
-    the board in between saw an engine's heartbeat at 0, a live engine as hung, and answered 503 (one request in
-    some 100,000 at 3,000 req/s)."""
+    the board in between saw an engine's heartbeat at 0, a live engine as hung, and answered 503 (BENCHMARKS.md)."""
     return memoryview(mapped).cast("q")
 
 

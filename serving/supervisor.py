@@ -150,7 +150,7 @@ class Supervisor:
 
         uvicorn on uvloop with httptools reads requests and writes answers on the front end's own event loop;
         granian (Rust threads feeding the loop) cost a thread hand-off to start each request, another to read its
-        body and another to send its answer, which at low load was a fifth of a request's latency (BENCHMARKS.md).
+        body and another to send its answer, much of a request's latency at low load (BENCHMARKS.md).
         """
         s = self.settings
         gpus = sum(e.gpu is not None for e in self.engines)

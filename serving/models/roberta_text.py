@@ -16,7 +16,7 @@ from serving.classifier import Classifier, EncodedText
 from serving.errors import ModelLoadError
 
 ARCHITECTURES = ("RoBERToxForSequenceClassification", "RobertaForSequenceClassification")
-# encode_batch_fast skips the character offsets (nothing here reads them): a quarter of a short text's tokenising.
+# encode_batch_fast skips the character offsets (nothing here reads them), a good part of a short text's tokenising.
 # With the library's parallelism on it hands even one text to the library's thread pool, which for one text between
 # requests cost more than it saved (profiled in-process), so small requests then encode in place.
 SEQUENTIAL_ENCODE_MAX = 8
