@@ -51,6 +51,14 @@ SEND_S = 10.0  # a thread's send to an engine that has stopped reading gives up 
 class EngineLost(NotReady):
     code = "engine_restarting"
 
+    @classmethod
+    def not_taking(cls, index: int) -> EngineLost:
+        return cls(f"engine {index} is not taking requests; retry")
+
+    @classmethod
+    def stopped(cls, index: int) -> EngineLost:
+        return cls(f"engine {index} stopped before answering; it is being restarted, retry")
+
 
 class EngineClient:
     """Talks to every engine of the server at `run_dir`; at most `max_in_flight` requests of this process wait
@@ -188,7 +196,7 @@ class EngineClient:
             link.sock.sendall(frame(pack(request)))
         except OSError as exc:  # gone, or not reading for SEND_S
             link.close()
-            raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+            raise EngineLost.not_taking(engine.index) from exc
         return link
 
     def _started_waiting(self) -> None:
@@ -226,12 +234,12 @@ def connect(run_dir: Path, engine: EngineStatus) -> socket.socket:
         sock.connect(socket_address(run_dir, engine.index))
     except OSError as exc:
         sock.close()
-        raise EngineLost(f"engine {engine.index} is not taking requests; retry") from exc
+        raise EngineLost.not_taking(engine.index) from exc
     return sock
 
 
-class ThreadLink:
-    """A thread's connection to one engine generation (its pid)."""
+class EngineLink:
+    """A connection to one engine generation (its pid), and what has arrived of its next message."""
 
     def __init__(self, sock: socket.socket, engine: EngineStatus) -> None:
         self.sock = sock
@@ -239,6 +247,21 @@ class ThreadLink:
         self.pid = engine.pid
         self.frames = Frames()
         self.closed = False
+
+    def replies(self, data: bytes) -> list:
+        """The records `data` completes; BrokenStream when the stream is out of step. An unreadable one is logged
+        and left out (never expected: both ends are this package), the others still count."""
+        records = []
+        for payload in self.frames.feed(data):
+            try:
+                records.append(unpack(payload))
+            except Exception:
+                log.exception("dropped an unreadable reply from an engine")
+        return records
+
+
+class ThreadLink(EngineLink):
+    """A thread's connection, read with a timeout."""
 
     def receive(self, timeout: float) -> list | None:
         """The records that arrived within `timeout` (None: none did); EngineLost once the engine has gone."""
@@ -252,17 +275,10 @@ class ThreadLink:
         try:
             if not data:
                 raise BrokenStream("the end of the stream")
-            payloads = self.frames.feed(data)
+            return self.replies(data)
         except BrokenStream as exc:
             self.close()
-            raise EngineLost(f"engine {self.index} stopped before answering; it is being restarted, retry") from exc
-        records = []
-        for payload in payloads:
-            try:
-                records.append(unpack(payload))
-            except Exception:  # never expected (both ends are this package): the others in this read still count
-                log.exception("dropped an unreadable reply from an engine")
-        return records
+            raise EngineLost.stopped(self.index) from exc
 
     def close(self) -> None:
         self.closed = True
@@ -315,7 +331,7 @@ class PendingScores:
 
     def _check_engine(self) -> None:
         if _lost(self.client.board, self.engine):
-            raise EngineLost(f"engine {self.engine.index} stopped before answering; it is being restarted, retry")
+            raise EngineLost.stopped(self.engine.index)
 
     def cancel(self) -> bool:
         """Stop waiting: a late reply is dropped (the engine drops queued parts once their deadline passes)."""
@@ -326,16 +342,12 @@ class PendingScores:
         return True
 
 
-class LoopLink:
-    """The event loop's connection to one engine generation (its pid), and what the socket has not yet taken."""
+class LoopLink(EngineLink):
+    """The event loop's connection, and what the socket has not yet taken."""
 
     def __init__(self, sock: socket.socket, engine: EngineStatus) -> None:
-        self.sock = sock
-        self.index = engine.index
-        self.pid = engine.pid
-        self.frames = Frames()
+        super().__init__(sock, engine)
         self.outbox = bytearray()
-        self.closed = False
 
 
 class LoopChannel:
@@ -371,7 +383,7 @@ class LoopChannel:
             kept = send_or_keep(link.sock, link.outbox, data)
         except OSError as exc:
             self._drop(link)
-            raise EngineLost(f"engine {link.index} is not taking requests; retry") from exc
+            raise EngineLost.not_taking(link.index) from exc
         if kept:
             self.loop.add_writer(link.sock.fileno(), self._flush, link)
 
@@ -394,17 +406,12 @@ class LoopChannel:
                 self._drop(link)
                 return
             try:
-                payloads = link.frames.feed(data)
+                replies = link.replies(data)
             except BrokenStream:
                 log.exception("dropped the connection to engine %d", link.index)
                 self._drop(link)
                 return
-            for payload in payloads:
-                try:
-                    reply = unpack(payload)
-                except Exception:
-                    log.exception("dropped an unreadable reply from an engine")
-                    continue
+            for reply in replies:
                 pending = self.waiting.get(reply.request_id)
                 if pending is not None and isinstance(reply, ScoreReply) and not pending.future.done():
                     pending.future.set_result(reply)
@@ -423,8 +430,7 @@ class LoopChannel:
             del self.links[link.index]
         for pending in list(self.waiting.values()):
             if pending.engine.index == link.index and pending.engine.pid == link.pid and not pending.future.done():
-                pending.future.set_exception(EngineLost(
-                    f"engine {link.index} stopped before answering; it is being restarted, retry"))
+                pending.future.set_exception(EngineLost.stopped(link.index))
 
     async def _watch(self) -> None:
         """Waits on an engine that stopped end at once with EngineLost (503), as a waiting thread's do."""
@@ -438,8 +444,7 @@ class LoopChannel:
                     if key not in lost:
                         lost[key] = _lost(self.client.board, engine)
                     if lost[key] and not pending.future.done():
-                        pending.future.set_exception(EngineLost(
-                            f"engine {engine.index} stopped before answering; it is being restarted, retry"))
+                        pending.future.set_exception(EngineLost.stopped(engine.index))
             except Exception:  # never end the watch: a wait on a dead engine would last until its deadline
                 log.exception("could not check the engines")
 
