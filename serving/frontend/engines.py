@@ -34,7 +34,6 @@ from serving.channel import (
     frame,
     pack,
     send_kept,
-    send_or_keep,
     unpack,
 )
 from serving.classifier import EncodedText
@@ -348,6 +347,8 @@ class LoopLink(EngineLink):
     def __init__(self, sock: socket.socket, engine: EngineStatus) -> None:
         super().__init__(sock, engine)
         self.outbox = bytearray()
+        self.flushing = False  # a flush is due: at the end of this pass, or once the socket has room
+        self.watched = False  # the loop watches the socket for room
 
 
 class LoopChannel:
@@ -378,21 +379,32 @@ class LoopChannel:
         return pending
 
     def _write(self, link: LoopLink, data: bytes) -> None:
-        """As much as the socket takes now, the rest when the loop sees it writable (the engine reads meanwhile)."""
-        try:
-            kept = send_or_keep(link.sock, link.outbox, data)
-        except OSError as exc:
-            self._drop(link)
-            raise EngineLost.not_taking(link.index) from exc
-        if kept:
-            self.loop.add_writer(link.sock.fileno(), self._flush, link)
+        """Queued for one write at the end of this pass of the loop: every request the pass sends to the engine
+        goes in it, and the engine wakes once for them all (a write and a wake-up per request cost both processes
+        more than the rest of the channel)."""
+        link.outbox += data
+        if not link.flushing:
+            link.flushing = True
+            self.loop.call_soon(self._flush, link)
 
     def _flush(self, link: LoopLink) -> None:
+        """As much as the socket takes now; the rest when the loop sees it writable (the engine reads meanwhile).
+        A socket that fails fails the waits on it."""
+        if link.closed:
+            return
         try:
-            if send_kept(link.sock, link.outbox):
-                self.loop.remove_writer(link.sock.fileno())
+            sent_all = send_kept(link.sock, link.outbox)
         except OSError:
             self._drop(link)
+            return
+        if sent_all:
+            link.flushing = False
+            if link.watched:
+                link.watched = False
+                self.loop.remove_writer(link.sock.fileno())
+        elif not link.watched:
+            link.watched = True
+            self.loop.add_writer(link.sock.fileno(), self._flush, link)
 
     def _receive(self, link: LoopLink) -> None:
         while not link.closed:

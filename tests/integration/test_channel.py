@@ -290,6 +290,32 @@ def test_requests_on_an_event_loop_get_their_own_scores(demo_dir, tmp_path):
         assert client._in_flight == 0
 
 
+def test_on_a_loop_the_requests_of_one_pass_go_to_the_engine_in_one_write(demo_dir, tmp_path, monkeypatch):
+    """Requests sent in the same pass of the loop (those whose HTTP requests arrived together) share one write, so
+    the engine wakes once for them; a request of a later pass has its own."""
+    import serving.frontend.engines as engines
+
+    writes: list[int] = []
+
+    def counted(sock, outbox):
+        writes.append(len(outbox))
+        return send_kept(sock, outbox)
+
+    send_kept = engines.send_kept
+    monkeypatch.setattr(engines, "send_kept", counted)
+    with engine(tmp_path, **sim(demo_dir, 5)) as (client, _, service, _):
+        async def passes():
+            together = [client.submit_on_loop(service.classifier.encode([text]), 10) for text in TEXTS * 3]
+            await asyncio.sleep(0)
+            alone = client.submit_on_loop(service.classifier.encode(["alone"]), 10)
+            return await asyncio.gather(*(p.result(10) for p in [*together, alone]))
+
+        results = on_loop(passes)
+    assert len(results) == 25 and all(r.scores.shape == (1, 7) for r in results)
+    assert len(writes) == 2, writes  # 24 requests in the first, the last on its own
+    assert writes[0] > 20 * writes[1]
+
+
 def test_on_a_loop_a_reply_that_comes_while_nothing_else_happens_is_read(demo_dir, tmp_path):
     """The loop reads a reply as soon as it comes, with no further traffic."""
     with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, _):
@@ -312,6 +338,7 @@ def test_on_a_loop_a_reply_that_came_before_a_send_is_read_at_once(demo_dir, tmp
     with engine(tmp_path, **sim(demo_dir, 300)) as (client, _, service, endpoint):
         async def two():
             first = client.submit_on_loop(service.classifier.encode(["first"]), 10)
+            await asyncio.sleep(0)  # the pass of the loop ends: its write goes to the engine
             waited = time.monotonic()
             while endpoint._in_flight == 0 and time.monotonic() - waited < 5:  # until the engine took it
                 time.sleep(0.005)
