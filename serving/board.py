@@ -37,6 +37,9 @@ class EngineState(enum.IntEnum):
     STOPPING = 4  # draining after SIGTERM: finishes what it queued, takes nothing new
 
 
+STATES = tuple(EngineState)  # by value: a front end reads every engine's state several times per request
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStatus:
     index: int
@@ -79,7 +82,7 @@ class Board:
 
     def read(self, index: int) -> EngineStatus:
         ints, floats, slot = self._ints, self._floats, index * SLOT_FIELDS
-        return EngineStatus(index, ints[slot + PID], EngineState(ints[slot + STATE]), ints[slot + QUEUED],
+        return EngineStatus(index, ints[slot + PID], STATES[ints[slot + STATE]], ints[slot + QUEUED],
                             ints[slot + RESTARTS], floats[slot + HEARTBEAT], floats[slot + FORWARD])
 
     def all(self) -> list[EngineStatus]:

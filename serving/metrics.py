@@ -1,8 +1,17 @@
-"""Every Prometheus metric of the server, prefixed `toxserve_`; multiprocess-safe under gunicorn."""
+"""Every Prometheus metric of the server, prefixed `toxserve_`; multiprocess-safe (gunicorn workers, front ends and
+engines each write their own files).
+
+In multiprocess mode a counter's or histogram's increments are added up in memory and written to the process's
+file every FLUSH_S (and at exit, and before this process renders /metrics): prometheus_client writes the mapped
+file on every increment, a dozen times per request on the request path. Gauges are written at once.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,12 +21,86 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 
 from serving.engine.batching import BatchStats
 
 PREFIX = "toxserve_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_S = 0.5  # how late another process's counts may reach /metrics (Prometheus scrapes every 15-60 s)
+
+
+class _Pending:
+    """What the buffered values of this process have added since their last write."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict = {}  # value -> amount not yet written
+        self.flusher = False  # the thread that writes them every FLUSH_S runs in this process
+
+    def add(self, value, amount: float) -> None:
+        with self.lock:
+            self.values[value] = self.values.get(value, 0.0) + amount
+            if self.flusher:
+                return
+            self.flusher = True
+        threading.Thread(target=self._flush_every, name="metrics-flush", daemon=True).start()
+
+    def flush(self) -> None:
+        with self.lock:
+            taken, self.values = self.values, {}
+        for value, amount in taken.items():
+            value.write(amount)
+
+    def _flush_every(self) -> None:
+        while True:
+            time.sleep(FLUSH_S)
+            self.flush()
+
+    def forked(self) -> None:
+        """In a child: the parent writes what it added, the child starts from nothing (and its lock may have been
+        held by another of the parent's threads)."""
+        self.__init__()  # type: ignore[misc]
+
+
+_pending = _Pending()
+
+
+def flush() -> None:
+    """Write what this process's counters and histograms have added (before rendering /metrics, at exit)."""
+    _pending.flush()
+
+
+def _buffered_value_class() -> type:
+    mapped = values.MultiProcessValue()  # prometheus_client's value, written to this process's file
+
+    class BufferedValue(mapped):  # type: ignore[misc, valid-type]
+        def __init__(self, typ, *args, **kwargs) -> None:
+            super().__init__(typ, *args, **kwargs)
+            self._buffered = typ in ("counter", "histogram")  # only ever added to
+
+        def inc(self, amount: float) -> None:
+            if self._buffered:
+                _pending.add(self, amount)
+            else:
+                super().inc(amount)
+
+        def write(self, amount: float) -> None:
+            super().inc(amount)
+
+        def get(self) -> float:
+            with _pending.lock:
+                pending = _pending.values.get(self, 0.0)
+            return super().get() + pending
+
+    return BufferedValue
+
+
+if os.environ.get(MULTIPROC_ENV):
+    values.ValueClass = _buffered_value_class()  # before any metric below makes its values
+    atexit.register(flush)
+    os.register_at_fork(after_in_child=_pending.forked)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 requests = Counter(f"{PREFIX}requests_total", "HTTP requests by route and status", ["route", "status"])
@@ -71,6 +154,7 @@ def observe_request(texts_count: int, truncated: int, tokenize_s: float, queue_s
 def render() -> tuple[bytes, str]:
     """The exposition text: all workers' values when running under gunicorn, this process's otherwise."""
     if os.environ.get(MULTIPROC_ENV):
+        flush()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -8,12 +8,15 @@ the functions below, so a client cannot tell which answered.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
+
+import orjson
 
 from serving import metrics
 from serving.catalog import check_name
@@ -50,10 +53,17 @@ def record(method: str, path: str, route: str, status: int, started: float, requ
     """Count and log one answered request (the access log: one JSON line each); its latency ends at `answered_at`
     (default now)."""
     elapsed = (time.monotonic() if answered_at is None else answered_at) - started
-    metrics.requests.labels(route, str(status)).inc()
-    metrics.request_latency.labels(route).observe(elapsed)
-    access_log.info(json.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
-                                "duration_ms": round(elapsed * 1000, 2)}))
+    counter, latency = _series(route, status)
+    counter.inc()
+    latency.observe(elapsed)
+    access_log.info(orjson.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
+                                  "duration_ms": round(elapsed * 1000, 2)}).decode())
+
+
+@functools.lru_cache(maxsize=1024)  # routes x statuses: a handful
+def _series(route: str, status: int) -> tuple:
+    """A route's request counter for `status` and its latency histogram (labels() looks them up under a lock)."""
+    return metrics.requests.labels(route, str(status)), metrics.request_latency.labels(route)
 
 
 def route_of(path: str) -> str | None:

@@ -473,15 +473,22 @@ class LoopPending:
 
     async def result(self, timeout: float) -> BatchedResult:
         """Raises TimeoutError when `timeout` passes first, EngineLost when the engine stopped first."""
+        # a timer of its own rather than asyncio.wait_for, which wraps the wait in a second future and a callback
+        expiry = self.future.get_loop().call_later(timeout, self._expire)
         try:
-            settled = await asyncio.wait_for(self.future, timeout)
+            settled = await self.future
         finally:
+            expiry.cancel()
             self.cancel()
         settled.raise_error()
         metrics.channel_seconds.observe(max(0.0, time.monotonic() - self.sent_at - settled.queue_s
                                             - settled.compute_s))
         assert settled.scores is not None
         return BatchedResult(settled.scores, settled.queue_s, settled.compute_s)
+
+    def _expire(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(TimeoutError())
 
     def cancel(self) -> None:
         """Stop waiting: a late reply is dropped (the engine drops queued parts once their deadline passes)."""

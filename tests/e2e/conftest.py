@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ class RunningServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metrics(self, shows: Callable[[str], bool], timeout_s: float = 5.0) -> str:
+        """/metrics once `shows` holds for it, or when `timeout_s` has passed: other processes' counts reach the
+        page within serving.metrics.FLUSH_S."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            page = requests.get(self.url + "/metrics", timeout=10).text
+            if shows(page) or time.monotonic() > deadline:
+                return page
+            time.sleep(0.1)
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -61,5 +61,5 @@ def test_a_worker_whose_device_failed_is_replaced_and_the_endpoint_recovers(demo
             assert "exits so that gunicorn replaces it" in log and log.count("Booting worker") >= 2, log
         else:
             assert "engine 0 draining" in log and log.count("engine 0 ready") >= 2, log
-        metrics = requests.get(server.url + "/metrics", timeout=10).text
+        metrics = server.metrics(lambda page: "toxserve_device_failures_total 1.0" in page)
         assert "toxserve_device_failures_total 1.0" in metrics, metrics

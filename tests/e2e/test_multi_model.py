@@ -205,11 +205,7 @@ def test_per_model_metrics(mme):
              'toxserve_model_batch_size_count{model="rob-a"}',
              'toxserve_model_load_seconds_by_model{model="rob-b"}',
              'toxserve_model_memory_bytes{model="lstm-b"}')
-    deadline = time.monotonic() + 5
-    page = requests.get(mme.url + "/metrics", timeout=5).text
-    while not all(line in page for line in lines) and time.monotonic() < deadline:  # counted once answered
-        time.sleep(0.05)
-        page = requests.get(mme.url + "/metrics", timeout=5).text
+    page = mme.metrics(lambda page: all(line in page for line in lines))
     for line in lines:
         assert line in page, line
     assert 'model="missing"' not in page  # a name sent that is not loaded makes no series

@@ -77,9 +77,11 @@ def test_64_concurrent_mixed_requests_equal_sequential(server):
         concurrent = list(pool.map(send, requests_texts))
     for seq, conc in zip(sequential, concurrent, strict=True):
         np.testing.assert_allclose(conc, seq, atol=1e-5)
-    page = requests.get(server.url + "/metrics", timeout=5).text
-    batch_count = [line for line in page.splitlines() if line.startswith("toxserve_batch_size_count")]
-    assert batch_count and float(batch_count[0].split()[-1]) > 0
+    def batches(page: str) -> float:
+        counts = [line for line in page.splitlines() if line.startswith("toxserve_batch_size_count")]
+        return float(counts[0].split()[-1]) if counts else 0.0
+
+    assert batches(server.metrics(lambda page: batches(page) > 0)) > 0
 
 
 def test_ping_metrics_and_bad_request_on_the_real_server(server):

@@ -47,7 +47,9 @@ def test_serve_spreads_workers_over_simulated_devices_and_answers_every_request(
             assert f"feeding {devices} engine(s), simulated" in log, log
             started = sorted(re.findall(r"started on simulated accelerator (\d)", log))
             assert started == [str(i) for i in range(devices)], log
-            metrics = requests.get(server.url + "/metrics", timeout=10).text
-            received = re.findall(r'toxserve_engine_texts_received_total\{engine="(\d)"\} (\d+)', metrics)
-            assert sorted(engine for engine, count in received if float(count) > 0) == started, received
+            def received(page: str) -> list[str]:
+                counts = re.findall(r'toxserve_engine_texts_received_total\{engine="(\d)"\} (\d+)', page)
+                return sorted(engine for engine, count in counts if float(count) > 0)
+
+            assert received(server.metrics(lambda page: received(page) == started)) == started
         assert "GPU(s)" not in log and "CUDA_VISIBLE_DEVICES=" not in log  # no GPU is listed or pinned
