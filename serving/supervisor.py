@@ -36,6 +36,7 @@ STABLE_S = 60  # an engine that lived this long starts the delays from the begin
 # requests the engines' queues are empty but for parts and stragglers, so a few seconds suffice.
 ENGINE_DRAIN_S = 5
 KEEP_ALIVE_S = 75  # as the workers layout's gunicorn: longer than the idle timeout of the load balancer in front
+HTTP_PROTOCOL = "serving.frontend.protocol:BoundedHeadProtocol"  # uvicorn's httptools protocol, heads bounded
 
 
 @dataclasses.dataclass
@@ -160,7 +161,7 @@ class Supervisor:
         # its own, with request ids), no proxy-header rewriting (the app never reads the client's address)
         drain_s = max(1, s.graceful_timeout_s - ENGINE_DRAIN_S)  # the front ends' part of the SIGTERM drain
         config = uvicorn.Config("serving.frontend.asgi:create", factory=True, host=s.host, port=s.port,
-                                workers=self.frontends, loop="uvloop", http="httptools", ws="none", lifespan="off",
+                                workers=self.frontends, loop="uvloop", http=HTTP_PROTOCOL, ws="none", lifespan="off",
                                 log_config=None, log_level=s.log_level.lower(), access_log=False, proxy_headers=False,
                                 server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
                                 timeout_graceful_shutdown=drain_s)

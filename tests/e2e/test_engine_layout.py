@@ -274,3 +274,43 @@ def test_with_the_torch_backend_only_the_engine_maps_torch(demo_dir, tmp_path):
         assert server.process.pid not in with_torch, server.log()
         assert with_torch == set(engine_pids(server)) and len(with_torch) == 1, (
             [(p.pid, p.cmdline()) for p in processes], server.log())
+
+
+def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_are_served(demo_dir, tmp_path):
+    """llhttp reads heads of any size: the front end counts what it reads of an unfinished head and refuses it past
+    MAX_HEAD_BYTES, even one that never ends; a large body, or a large head under the limit, is served, and the
+    connection's next request is counted afresh."""
+    import json
+    import socket
+
+    from serving.frontend.protocol import MAX_HEAD_BYTES
+
+    def raw(head: bytes, pieces: int = 1) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            step = -(-len(head) // pieces)
+            try:
+                for start in range(0, len(head), step):
+                    sock.sendall(head[start:start + step])
+                    time.sleep(0.01)
+            except OSError:  # refused part way: the answer is already on its way
+                pass
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    with sim_server(tmp_path, demo_dir) as server:
+        big = b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * (MAX_HEAD_BYTES + 1000) + b"\r\n"
+        for answer in (raw(big + b"Content-Length: 2\r\n\r\n[]"), raw(big, pieces=20)):  # the second never ends
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            assert b"connection: close" in answer.lower()
+            error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+            assert error["code"] == "request_header_fields_too_large"
+        session = requests.Session()
+        under = {f"X-Filler-{i}": "b" * 1000 for i in range(MAX_HEAD_BYTES // 1100)}
+        for _ in range(3):  # kept alive: each head counted from its own start
+            response = session.post(server.url + "/invocations", json={"inputs": ["hello there"]}, headers=under)
+            assert response.status_code == 200, response.text[:200]
+        texts = ["a long enough text to make the body large " * 4] * 1500  # ~250 KB body
+        response = session.post(server.url + "/invocations", json={"inputs": texts}, timeout=60)
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 1500
