@@ -109,11 +109,11 @@ def offline_in_process(model_dir: Path, texts: list[str], max_length: int, secon
     return figures
 
 
-def serve(model_dir: Path, port: int, extra: list[str], log_path: Path) -> subprocess.Popen:
+def serve(model_dir: Path, port: int, extra: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
     script = Path(sys.executable).parent / "serve"
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli", "serve"]  # not installed
     command = [*entry, "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *extra]
-    process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
     return wait_ready(process, port, log_path)
 
 

@@ -8,6 +8,12 @@ errors, the server's host CPU per request (master and workers, from psutil) and 
 (it shares the machine's cores).
 
     python loadtest/bench_sim.py [--model-dir DIR] [--duration 15] [--fixed-ms 0.5] [--per-token-us 2]
+
+With `--against CHECKOUT` (another copy of the repository, e.g. a `git worktree` of an older commit) each chosen
+layout runs from both checkouts at once, measured in alternating short windows at one concurrency: runs minutes
+apart on a shared VM differ by more than most changes do, windows seconds apart share the host's weather.
+
+    python loadtest/bench_sim.py --against /tmp/old --only "2 devices" [--rounds 8] [--window 3] [--concurrency 64]
 """
 
 from __future__ import annotations
@@ -77,6 +83,44 @@ def measure(model_dir: Path, devices: int, layout: str, args, texts: list[str], 
     return levels(serve(model_dir, port, flags, log_path), port, texts, args.duration)
 
 
+def interleaved(devices: int, layout: str, args, texts: list[str], work: Path) -> dict:
+    """This checkout and the one at args.against, both serving at once, measured in alternating windows."""
+    flags = ["--backend", "sim", "--layout", layout, "--sim-devices", str(devices), "--sim-fixed-ms",
+             str(args.fixed_ms), "--sim-per-token-us", str(args.per_token_us)]
+    checkouts = {"this": None, "against": args.against.resolve()}
+    servers = {}
+    try:
+        for offset, (name, checkout) in enumerate(checkouts.items()):
+            env = dict(os.environ)
+            if checkout is not None:  # its `serving` ahead of this one's on the path
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+            port = 18600 + os.getpid() % 1000 + offset
+            servers[name] = (serve(args.model_dir, port, flags, work / f"serve-{name}.log", env), port)
+        totals = {name: {"requests": 0, "errors": 0, "cpu_s": 0.0, "seconds": 0.0} for name in servers}
+        for _, port in servers.values():
+            run_closed_loop(f"http://127.0.0.1:{port}", texts, 4, 2.0)  # warm connections and caches
+        for round_ in range(args.rounds):
+            for name in sorted(servers, reverse=bool(round_ % 2)):  # each goes first every other round
+                process, port = servers[name]
+                before = server_cpu_s(process.pid)
+                result = run_closed_loop(f"http://127.0.0.1:{port}", texts, args.concurrency, args.window)
+                total = totals[name]
+                total["cpu_s"] += server_cpu_s(process.pid) - before
+                total["requests"] += result.requests
+                total["errors"] += result.errors
+                total["seconds"] += result.seconds
+        rows = {name: {"req_per_s": round(t["requests"] / t["seconds"], 1), "errors": t["errors"],
+                       "server_cpu_ms_per_req": round(1000 * t["cpu_s"] / max(1, t["requests"]), 3)}
+                for name, t in totals.items()}
+        print("   ", rows, flush=True)
+        return rows
+    finally:
+        for process, _ in servers.values():
+            process.send_signal(signal.SIGTERM)
+        for process, _ in servers.values():
+            process.wait(60)
+
+
 def real_models_on_cpu(args, texts: list[str], work: Path) -> None:
     """The demo models on this CPU (serve's default backend), layout workers against layout engines, c=1/8/32:
     how the CPU-only default (workers) was chosen."""
@@ -103,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_sim.json"))
     parser.add_argument("--only", default="", help="run the layouts whose name contains this")
     parser.add_argument("--real-cpu", action="store_true", help="instead: the demo models on this CPU, both layouts")
+    parser.add_argument("--against", type=Path, help="another checkout to run beside this one (interleaved A/B)")
+    parser.add_argument("--rounds", type=int, default=8, help="with --against: windows per checkout")
+    parser.add_argument("--window", type=float, default=3.0, help="with --against: seconds per window")
+    parser.add_argument("--concurrency", type=int, default=64, help="with --against: the one concurrency measured")
     args = parser.parse_args(argv)
     texts = text_mix(2000)
     work = Path(tempfile.mkdtemp(prefix="toxserve-bench-sim-"))
@@ -115,6 +163,15 @@ def main(argv: list[str] | None = None) -> None:
                              "python": platform.python_version()},
               "layouts": {}}
     parser_layouts = [name for name in LAYOUTS if not args.only or args.only in name]
+    if args.against:
+        print(f"| layout | checkout | c={args.concurrency} req/s | errors | server CPU ms/req |")
+        print("|---|---|---|---|---|")
+        for name in parser_layouts:
+            rows = interleaved(*LAYOUTS[name], args, texts, work)
+            for checkout, row in rows.items():
+                print(f"| {name} | {checkout} | {row['req_per_s']} | {row['errors']} | "
+                      f"{row['server_cpu_ms_per_req']} |", flush=True)
+        return
     for name in parser_layouts:
         devices, layout = LAYOUTS[name]
         print(name, flush=True)
