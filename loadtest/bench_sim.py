@@ -87,13 +87,12 @@ def interleaved(devices: int, layout: str, args, texts: list[str], work: Path) -
     """This checkout and the one at args.against, both serving at once, measured in alternating windows."""
     flags = ["--backend", "sim", "--layout", layout, "--sim-devices", str(devices), "--sim-fixed-ms",
              str(args.fixed_ms), "--sim-per-token-us", str(args.per_token_us)]
-    checkouts = {"this": None, "against": args.against.resolve()}
+    checkouts = {"this": REPO, "against": args.against.resolve()}
     servers = {}
     try:
         for offset, (name, checkout) in enumerate(checkouts.items()):
-            env = dict(os.environ)
-            if checkout is not None:  # its `serving` ahead of this one's on the path
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+            env = dict(os.environ)  # each checkout's `serving` ahead of whatever the environment has installed
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
             port = 18600 + os.getpid() % 1000 + offset
             servers[name] = (serve(args.model_dir, port, flags, work / f"serve-{name}.log", env), port)
         totals = {name: {"requests": 0, "errors": 0, "cpu_s": 0.0, "seconds": 0.0} for name in servers}

@@ -37,7 +37,7 @@ class EngineState(enum.IntEnum):
     STOPPING = 4  # draining after SIGTERM: finishes what it queued, takes nothing new
 
 
-STATES = tuple(EngineState)  # by value: a front end reads every engine's state several times per request
+STATES = {state.value: state for state in EngineState}  # a front end reads every engine's state per request
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,15 @@
 engines each write their own files).
 
 In multiprocess mode a counter's or histogram's increments are added up in memory and written to the process's
-file every FLUSH_S (and at exit, and before this process renders /metrics): prometheus_client writes the mapped
-file on every increment, a dozen times per request on the request path. Gauges are written at once.
+file every FLUSH_S, at exit, and before this process renders /metrics: prometheus_client would write the mapped
+file (and check the pid) on every increment, several times per request on the request path. Gauges are written at
+once. A process killed outright (SIGKILL: a hung engine, the OOM killer) loses what it added since its last write.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -26,6 +28,8 @@ from prometheus_client import (
 
 from serving.engine.batching import BatchStats
 
+log = logging.getLogger(__name__)
+
 PREFIX = "toxserve_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_S = 0.5  # how late another process's counts may reach /metrics (Prometheus scrapes every 15-60 s)
@@ -35,9 +39,11 @@ class _Pending:
     """What the buffered values of this process have added since their last write."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards `values`
+        self.writing = threading.Lock()  # one flush at a time, so one that finds nothing waits for one under way
         self.values: dict = {}  # value -> amount not yet written
         self.flusher = False  # the thread that writes them every FLUSH_S runs in this process
+        self.failing = False  # the last flush could not write (logged once per spell)
 
     def add(self, value, amount: float) -> None:
         with self.lock:
@@ -47,11 +53,31 @@ class _Pending:
             self.flusher = True
         threading.Thread(target=self._flush_every, name="metrics-flush", daemon=True).start()
 
-    def flush(self) -> None:
+    def pending(self, value) -> float:
         with self.lock:
-            taken, self.values = self.values, {}
-        for value, amount in taken.items():
-            value.write(amount)
+            return self.values.get(value, 0.0)
+
+    def flush(self) -> None:
+        """Never raises (it runs after answers, at exit, on a device failure): what cannot be written is kept for
+        the next flush."""
+        with self.writing:
+            with self.lock:
+                taken, self.values = self.values, {}
+            kept: dict = {}
+            error: Exception | None = None
+            for value, amount in taken.items():
+                try:
+                    value.write(amount)
+                except Exception as exc:
+                    kept[value], error = amount, exc
+            if kept:
+                with self.lock:
+                    for value, amount in kept.items():
+                        self.values[value] = self.values.get(value, 0.0) + amount
+                if not self.failing:
+                    log.error("could not write %d metric values; keeping them for the next flush", len(kept),
+                              exc_info=error)
+            self.failing = bool(kept)
 
     def _flush_every(self) -> None:
         while True:
@@ -59,8 +85,7 @@ class _Pending:
             self.flush()
 
     def forked(self) -> None:
-        """In a child: the parent writes what it added, the child starts from nothing (and its lock may have been
-        held by another of the parent's threads)."""
+        """In a child: the parent writes what it added, the child starts from nothing, with locks of its own."""
         self.__init__()  # type: ignore[misc]
 
 
@@ -73,7 +98,9 @@ def flush() -> None:
 
 
 def _buffered_value_class() -> type:
-    mapped = values.MultiProcessValue()  # prometheus_client's value, written to this process's file
+    mapped = values.ValueClass  # prometheus_client's: written to this process's file
+    if not getattr(mapped, "_multiprocess", False):  # chosen before the variable was set: nothing to buffer
+        return mapped
 
     class BufferedValue(mapped):  # type: ignore[misc, valid-type]
         def __init__(self, typ, *args, **kwargs) -> None:
@@ -90,9 +117,8 @@ def _buffered_value_class() -> type:
             super().inc(amount)
 
         def get(self) -> float:
-            with _pending.lock:
-                pending = _pending.values.get(self, 0.0)
-            return super().get() + pending
+            with _pending.writing:  # no flush between reading the file and the amount not yet in it
+                return super().get() + _pending.pending(self)
 
     return BufferedValue
 
@@ -100,7 +126,10 @@ def _buffered_value_class() -> type:
 if os.environ.get(MULTIPROC_ENV):
     values.ValueClass = _buffered_value_class()  # before any metric below makes its values
     atexit.register(flush)
-    os.register_at_fork(after_in_child=_pending.forked)
+    # no fork while a flush holds prometheus_client's file lock: the child could never take it
+    # (looked up at each fork: a child's lock is its own, made by forked())
+    os.register_at_fork(before=lambda: _pending.writing.acquire(), after_in_parent=lambda: _pending.writing.release(),
+                        after_in_child=_pending.forked)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 requests = Counter(f"{PREFIX}requests_total", "HTTP requests by route and status", ["route", "status"])

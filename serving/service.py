@@ -170,7 +170,7 @@ class InferenceService:
             self.device_failure = reason
         log.error("device failed, giving it up: %s", reason)
         metrics.device_failures.inc()
-        metrics.flush()  # the worker is about to be replaced: written now, not at a flush it may not live to see
+        metrics.flush()  # the worker is about to be replaced (and may be killed if it does not drain): written now
         self.batcher.fail(self._device_failed_error())
         if self.on_device_failure is not None:
             self.on_device_failure(reason)

@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
-import orjson
-
 from serving import metrics
 from serving.catalog import check_name
 from serving.config import Settings
@@ -56,8 +54,8 @@ def record(method: str, path: str, route: str, status: int, started: float, requ
     counter, latency = _series(route, status)
     counter.inc()
     latency.observe(elapsed)
-    access_log.info(orjson.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
-                                  "duration_ms": round(elapsed * 1000, 2)}).decode())
+    access_log.info(json.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
+                                "duration_ms": round(elapsed * 1000, 2)}))
 
 
 @functools.lru_cache(maxsize=1024)  # routes x statuses: a handful

@@ -473,7 +473,7 @@ class LoopPending:
 
     async def result(self, timeout: float) -> BatchedResult:
         """Raises TimeoutError when `timeout` passes first, EngineLost when the engine stopped first."""
-        # a timer of its own rather than asyncio.wait_for, which wraps the wait in a second future and a callback
+        # a timer of its own rather than asyncio.wait_for, which (Python 3.11) wraps the wait in a second future
         expiry = self.future.get_loop().call_later(timeout, self._expire)
         try:
             settled = await self.future

@@ -73,3 +73,41 @@ def test_a_forked_child_does_not_write_its_parents_counts_again(folder):
         os.waitpid(child, 0)
     """)
     assert run(folder, "print(read('toxserve_texts_total'))").strip() == "4.0"
+
+
+def test_a_write_that_fails_keeps_its_counts_for_the_next_flush_and_the_flusher_lives_on(folder):
+    out = run(folder, """
+        import time
+        from serving import metrics
+        write = metrics.values.ValueClass.write
+        failures = []
+
+        def fails_twice(value, amount):
+            if len(failures) < 2:
+                failures.append(1)
+                raise OSError("metrics folder gone")
+            write(value, amount)
+
+        metrics.values.ValueClass.write = fails_twice
+        metrics.texts.inc(3)
+        metrics.flush()  # fails, and does not raise
+        time.sleep(metrics.FLUSH_S * 4)  # the thread's first flush fails too, a later one writes
+        print(len(failures), read("toxserve_texts_total"))
+    """)
+    assert out.split() == ["2", "3.0"]
+
+
+def test_a_child_that_forks_again_does_not_wait_forever(folder):
+    run(folder, """
+        import os
+        from serving import metrics
+        metrics.texts.inc(1)
+        child = os.fork()
+        if child == 0:
+            grandchild = os.fork()  # takes the child's own lock, not the one held in the parent at the first fork
+            if grandchild == 0:
+                os._exit(0)
+            os.waitpid(grandchild, 0)
+            os._exit(0)
+        os.waitpid(child, 0)
+    """)
