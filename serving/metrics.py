@@ -51,7 +51,11 @@ class _Pending:
             if self.flusher:
                 return
             self.flusher = True
-        threading.Thread(target=self._flush_every, name="metrics-flush", daemon=True).start()
+        try:
+            threading.Thread(target=self._flush_every, name="metrics-flush", daemon=True).start()
+        except RuntimeError:  # no new thread now (the interpreter is exiting): the next increment tries again
+            with self.lock:
+                self.flusher = False
 
     def pending(self, value) -> float:
         with self.lock:
@@ -62,22 +66,26 @@ class _Pending:
         the next flush."""
         with self.writing:
             with self.lock:
-                taken, self.values = self.values, {}
+                taken, self.values = list(self.values.items()), {}
             kept: dict = {}
             error: Exception | None = None
-            for value, amount in taken.items():
-                try:
-                    value.write(amount)
-                except Exception as exc:
-                    kept[value], error = amount, exc
-            if kept:
+            written = 0
+            try:
+                for value, amount in taken:
+                    try:
+                        value.write(amount)
+                    except Exception as exc:
+                        kept[value], error = amount, exc
+                    written += 1
+            finally:  # an interrupt part way keeps the rest too
+                kept.update(taken[written:])
                 with self.lock:
                     for value, amount in kept.items():
                         self.values[value] = self.values.get(value, 0.0) + amount
-                if not self.failing:
-                    log.error("could not write %d metric values; keeping them for the next flush", len(kept),
-                              exc_info=error)
+            newly_failing = bool(kept) and not self.failing
             self.failing = bool(kept)
+        if newly_failing:  # logged outside the lock: a handler that counts something cannot wait on it
+            log.error("could not write %d metric values; keeping them for the next flush", len(kept), exc_info=error)
 
     def _flush_every(self) -> None:
         while True:

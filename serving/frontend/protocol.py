@@ -16,6 +16,7 @@ from serving.frontend.direct import error_body
 # request line and headers: far above what SageMaker forwards (custom attributes are at most 1 KiB) and what common
 # clients send, far below what would cost a front end memory
 MAX_HEAD_BYTES = 64 * 1024
+LINGER_S = 2.0  # after a refusal, how long the client may go on sending before the connection is cut
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -23,13 +24,13 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.head_bytes = 0
         self.reading_head = True  # a connection starts with a request's head
-        self.refused = False  # a head was refused: nothing more is read (the connection closes)
+        self.refused = False  # a head was refused: what arrives is dropped until the connection closes
 
     def data_received(self, data: bytes) -> None:
         """While a head is unfinished the parser gets at most what is left of the bound, so a read that carries a
         head and a large body (or several pipelined requests) is not counted whole. What follows the end of a
         request in the same piece is not counted: a head is held to the bound plus one piece."""
-        if self.refused:  # (the answer to a request before it may resume reading)
+        if self.refused:
             return
         while self.reading_head and self.head_bytes + len(data) > MAX_HEAD_BYTES:
             room = MAX_HEAD_BYTES - self.head_bytes
@@ -68,18 +69,43 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.reading_head = False
         self.head_bytes = 0
 
+    def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
+        self.running = cycle  # the request being answered (self.cycle may be one queued behind it)
+        super()._start_asgi_task(cycle, app)
+
     def _refuse_head(self) -> None:
-        self.refused = True
+        """431 when nothing else is being answered on the connection; otherwise what is under way is answered (a
+        431 now would be read as its answer) and the connection closes after it, with no answer for this head."""
+        self.refused = True  # from now on what arrives is read and dropped
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and not cycle.more_body:
-            # the request before this head is still being answered: its answer goes first (a 431 now would be read
-            # as its answer), then the connection closes; nothing more is read meanwhile
-            cycle.keep_alive = False
-            self.flow.pause_reading()
+        if cycle is not None and cycle.more_body:  # the trailers of `cycle`: it will never be answered in full
+            queued = [entry for entry in self.pipeline if entry[0] is cycle]
+            if queued:  # not started: dropped, and the request before it is the last answered
+                self.pipeline.remove(queued[0])
+                cycle = self.pipeline[0][0] if self.pipeline else getattr(self, "running", None)
+            elif cycle.response_complete:  # answered already (an early 413, say): nothing to add
+                self._close_after_answers()
+                return
+            elif not cycle.response_started:  # its app waits for the rest of its body: this is its answer
+                cycle = None
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False  # uvicorn closes once it is answered
             return
         body = error_body("request_header_fields_too_large",
                           f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes")
         self.transport.write(b"".join([
             STATUS_LINE[431], b"content-type: application/json\r\n",
             b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        self._close_after_answers()
+
+    def _close_after_answers(self) -> None:
+        """Close without a reset: a socket closed with unread input sends one, and the client may lose the answer
+        in flight. Write side first; what the client still sends is read and dropped until it closes (uvicorn's
+        eof_received lets the transport close then) or LINGER_S passes."""
+        if self.transport.is_closing():
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()

@@ -301,6 +301,8 @@ def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_ar
                     answer += chunk
             except ConnectionResetError:  # closed with what was sent after the refusal unread
                 pass
+            except TimeoutError:  # neither answered nor closed: the assertions below say so
+                pass
             return answer
 
     def refused(answer: bytes) -> bool:
@@ -313,7 +315,7 @@ def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_ar
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
     with sim_server(tmp_path, demo_dir) as server:
-        filler = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 8000) + b"\r\n"  # past the bound by more than a piece
+        filler = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 300_000) + b"\r\n"  # past it by more than any one read
         big = b"POST /invocations HTTP/1.1\r\nHost: x\r\n" + filler
         assert refused(raw(big + b"Content-Length: 2\r\n\r\n[]"))
         assert refused(raw(big, pieces=20))  # a head that never ends
@@ -324,14 +326,13 @@ def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_ar
         whole = raw(request(json.dumps({"inputs": texts}).encode()) + b"GET /ping HTTP/1.1\r\nHost: x\r\n"
                     b"Connection: close\r\n\r\n")  # head, large body and a pipelined request in one write
         assert whole.startswith(b"HTTP/1.1 200 ") and whole.count(b"HTTP/1.1 200 ") == 2, whole[:300]
-        huge = big + b"X-More: " + b"a" * 400_000 + b"\r\n"  # past the bound by more than any one read
-        answers = raw(request(json.dumps({"inputs": texts}).encode()) + huge)
+        answers = raw(request(json.dumps({"inputs": texts}).encode()) + big)
         head, _, rest = answers.partition(b"\r\n\r\n")  # the first answer is the first request's, whole
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length")))
         assert head.startswith(b"HTTP/1.1 200 "), answers[:300]
         assert len(json.loads(rest[:length])["predictions"]) == 1500
-        assert not rest[length:] or refused(rest[length:])  # then the refusal, if it came after the answer
+        assert not rest[length:] or refused(rest[length:])  # a refusal only once that answer was sent
         session = requests.Session()
         under = {f"X-Filler-{i}": "b" * 1000 for i in range(MAX_HEAD_BYTES // 1100)}
         for _ in range(3):  # kept alive: each head counted from its own start

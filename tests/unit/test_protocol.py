@@ -1,0 +1,163 @@
+"""The front end's HTTP protocol (serving.frontend.protocol) fed bytes in memory, with a transport that records what
+is written: a head past the bound gets 431 and the connection closes without a reset, a large body in the same read
+as its head is served, and a refusal never gets ahead of (or after) the answer to a request before it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from serving.frontend.protocol import MAX_HEAD_BYTES, BoundedHeadProtocol
+
+TOO_LONG = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 20_000) + b"\r\n"  # by more than the piece that starts it
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = self.eof = False
+
+    def write(self, data) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    @property
+    def answers(self) -> bytes:
+        return b"".join(self.written)
+
+
+class Connection:
+    """A protocol on its own loop; /slow answers once `release` is set, /early without reading its body."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.release = asyncio.Event()
+        self.bodies: list[int] = []
+        config = Config(app=self.app, interface="asgi3", http="httptools", ws="none", lifespan="off",
+                        log_level="critical")
+        config.load()
+        self.protocol = BoundedHeadProtocol(config, ServerState(), {}, _loop=self.loop)
+        self.transport = Transport()
+        self.protocol.connection_made(self.transport)
+
+    async def app(self, scope, receive, send) -> None:
+        body = b""
+        while scope["path"] != "/early":
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message["body"]
+            if not message["more_body"]:
+                break
+        if scope["path"] == "/slow":
+            await self.release.wait()
+        self.bodies.append(len(body))
+        answer = f"{scope['path']} {len(body)}".encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    def feed(self, data: bytes, piece: int = 16384) -> None:
+        for start in range(0, len(data), piece):
+            self.protocol.data_received(data[start:start + piece])
+            self.spin()
+
+    def spin(self) -> None:
+        self.loop.run_until_complete(asyncio.sleep(0.01))
+
+
+@pytest.fixture
+def connection():
+    made = Connection()
+    yield made
+    pending = asyncio.all_tasks(made.loop)  # requests never answered (dropped, refused)
+    for task in pending:
+        task.cancel()
+
+    async def cancelled() -> None:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    made.loop.run_until_complete(cancelled())
+    made.loop.close()
+
+
+def refused(answers: bytes) -> bool:
+    head, _, body = answers.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 431 ") and json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_a_head_past_the_bound_gets_431_and_the_write_side_closes_first(connection):
+    connection.feed(b"POST /a HTTP/1.1\r\nHost: x\r\n" + TOO_LONG)
+    assert refused(connection.transport.answers)
+    assert connection.transport.eof and not connection.transport.closing  # no reset: the close follows later
+    connection.feed(b"more of it\r\n\r\n")  # dropped, never parsed
+    assert connection.bodies == []
+
+
+def test_a_large_body_in_the_same_read_as_its_head_is_served(connection):
+    body = b"x" * 300_000
+    connection.feed(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n" + body, piece=256_000)
+    assert connection.bodies == [300_000] and connection.transport.answers.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_head_refused_behind_a_request_in_flight_waits_for_its_answer_then_the_connection_closes(connection):
+    connection.feed(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    connection.feed(b"GET /c HTTP/1.1\r\nHost: x\r\n" + TOO_LONG)
+    assert connection.transport.answers == b""  # a 431 now would be read as the answer to /slow
+    connection.release.set()
+    connection.spin()
+    answers = connection.transport.answers
+    assert answers.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answers.lower() and b" 431 " not in answers
+    assert connection.transport.closing
+
+
+def test_trailers_past_the_bound_of_a_queued_request_drop_it_and_close_after_the_answer_before_it(connection):
+    connection.feed(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    connection.feed(b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n" + TOO_LONG)
+    assert connection.transport.answers == b""
+    connection.release.set()
+    connection.spin()
+    answers = connection.transport.answers
+    assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 200 ") and b"/slow" in answers
+    assert connection.transport.closing and connection.bodies == [0]  # /b never ran
+
+
+def test_trailers_past_the_bound_of_the_running_request_get_431(connection):
+    connection.feed(b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n" + TOO_LONG)
+    assert refused(connection.transport.answers) and connection.transport.eof
+
+
+def test_trailers_past_the_bound_after_an_early_answer_add_no_second_answer(connection):
+    connection.feed(b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    connection.feed(b"0\r\n" + TOO_LONG)
+    answers = connection.transport.answers
+    assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 200 ")
+    assert connection.transport.eof or connection.transport.closing
