@@ -9,7 +9,7 @@ MAX_HEAD_BYTES the answer is 431 with the JSON error body every other refusal ha
 
 from __future__ import annotations
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from serving.frontend.direct import error_body
 
@@ -77,7 +77,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         """431 when nothing else is being answered on the connection; otherwise what is under way is answered (a
         431 now would be read as its answer) and the connection closes after it, with no answer for this head."""
         self.refused = True  # from now on what arrives is read and dropped
-        cycle = self.cycle
+        cycle: RequestResponseCycle | None = self.cycle
         if cycle is not None and cycle.more_body:  # the trailers of `cycle`: it will never be answered in full
             queued = [entry for entry in self.pipeline if entry[0] is cycle]
             if queued:  # not started: dropped, and the request before it is the last answered
