@@ -90,6 +90,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
                 cycle = None
         if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = False  # uvicorn closes once it is answered
+            # and what arrives meanwhile is read and dropped, whatever uvicorn paused reading for: a close with
+            # unread input would send a reset, which can cut that answer short
+            self.flow.resume_reading()
             return
         body = error_body("request_header_fields_too_large",
                           f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes")
