@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from loadtest.bench_server import text_mix
 from serving.board import Board, EngineState, socket_address
 from serving.channel import Frames, ScoreRequest, frame, pack, unpack
@@ -30,12 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def threads_cpu_s(skip: int) -> float:
     """CPU seconds of this process's threads but `skip` (the sending thread)."""
-    total = 0
-    for task in os.listdir("/proc/self/task"):
-        if int(task) != skip:
-            fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id != skip)
 
 
 def main(argv: list[str] | None = None) -> None:

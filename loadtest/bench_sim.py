@@ -76,17 +76,19 @@ def levels(process, port: int, texts: list[str], duration: float, concurrencies=
         process.wait(60)
 
 
+def sim_flags(devices: int, layout: str, args) -> list[str]:
+    return ["--backend", "sim", "--layout", layout, "--sim-devices", str(devices),
+            "--sim-fixed-ms", str(args.fixed_ms), "--sim-per-token-us", str(args.per_token_us)]
+
+
 def measure(model_dir: Path, devices: int, layout: str, args, texts: list[str], log_path: Path) -> dict:
     port = 18600 + os.getpid() % 1000
-    flags = ["--backend", "sim", "--layout", layout, "--sim-devices", str(devices),
-             "--sim-fixed-ms", str(args.fixed_ms), "--sim-per-token-us", str(args.per_token_us)]
-    return levels(serve(model_dir, port, flags, log_path), port, texts, args.duration)
+    return levels(serve(model_dir, port, sim_flags(devices, layout, args), log_path), port, texts, args.duration)
 
 
 def interleaved(devices: int, layout: str, args, texts: list[str], work: Path) -> dict:
     """This checkout and the one at args.against, both serving at once, measured in alternating windows."""
-    flags = ["--backend", "sim", "--layout", layout, "--sim-devices", str(devices), "--sim-fixed-ms",
-             str(args.fixed_ms), "--sim-per-token-us", str(args.per_token_us)]
+    flags = sim_flags(devices, layout, args)
     checkouts = {"this": REPO, "against": args.against.resolve()}
     servers = {}
     try:

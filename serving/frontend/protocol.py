@@ -25,6 +25,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.reading_head = True  # a connection starts with a request's head
         self.refused = False  # a head was refused: what arrives is dropped until the connection closes
+        self.running: RequestResponseCycle | None = None  # the request being answered (self.cycle may be queued)
 
     def data_received(self, data: bytes) -> None:
         """While a head is unfinished the parser gets at most what is left of the bound, so a read that carries a
@@ -70,7 +71,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.head_bytes = 0
 
     def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
-        self.running = cycle  # the request being answered (self.cycle may be one queued behind it)
+        self.running = cycle
         super()._start_asgi_task(cycle, app)
 
     def _refuse_head(self) -> None:
@@ -82,7 +83,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             queued = [entry for entry in self.pipeline if entry[0] is cycle]
             if queued:  # not started: dropped, and the request before it is the last answered
                 self.pipeline.remove(queued[0])
-                cycle = self.pipeline[0][0] if self.pipeline else getattr(self, "running", None)
+                cycle = self.pipeline[0][0] if self.pipeline else self.running
             elif cycle.response_complete:  # answered already (an early 413, say): nothing to add
                 self._close_after_answers()
                 return
