@@ -1,13 +1,21 @@
-"""The HTTP/1.1 protocol each front end's uvicorn runs: uvicorn's httptools protocol with a bound on a request's head.
+"""The HTTP/1.1 protocol each front end's uvicorn runs: uvicorn's httptools protocol with a bound on a request's head,
+writing once per pass of the event loop.
 
 llhttp reads a request line, headers and a chunked body's trailers of any length, and httptools and uvicorn keep
 them whole until they end, so one client could make a front end hold an unbounded head. Here what is read while a
 head (or trailer) is unfinished is counted, and the parser is fed no more than the bound allows: past
 MAX_HEAD_BYTES the answer is 431 with the JSON error body every other refusal has, and the connection closes
 (nothing after a cut head can be read in step). Bodies are bounded by the app (the payload limit).
+
+uvicorn writes a response's head when the app starts the response and its body apart: two sends, two segments, and
+a client that wakes for each. What the connection writes during one pass of the loop goes out in one write at the
+end of it instead (OneWritePerPass).
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
@@ -19,9 +27,61 @@ MAX_HEAD_BYTES = 64 * 1024
 LINGER_S = 2.0  # after a refusal, how long the client may go on sending before the connection is cut
 
 
+class OneWritePerPass:
+    """A connection's transport whose writes made during one pass of the event loop go to the socket as one, at the
+    end of the pass; everything else is the transport's own. A close or an end of writing sends what is held first,
+    and what is held when the transport has closed meanwhile (the client went away) is dropped, as the transport
+    itself would drop it."""
+
+    def __init__(self, transport, loop) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+        self.loop = loop
+        self.held: list[bytes] = []
+
+    def write(self, data) -> None:  # type: ignore[no-untyped-def]
+        if not data:
+            return
+        if not self.held:
+            self.loop.call_soon(self.flush)
+        self.held.append(bytes(data))  # a caller's buffer may change before the pass ends
+
+    def writelines(self, pieces) -> None:  # type: ignore[no-untyped-def]
+        for data in pieces:
+            self.write(data)
+
+    def flush(self) -> None:
+        if not self.held:
+            return
+        data = self.held[0] if len(self.held) == 1 else b"".join(self.held)
+        self.held.clear()
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.held.clear()
+        self.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + sum(len(data) for data in self.held)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.transport, name)
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, OneWritePerPass(transport, self.loop)))
         self.head_bytes = 0
         self.reading_head = True  # a connection starts with a request's head
         self.refused = False  # a head was refused: what arrives is dropped until the connection closes

@@ -1,6 +1,7 @@
 """The front end's HTTP protocol (serving.frontend.protocol) fed bytes in memory, with a transport that records what
 is written: a head past the bound gets 431 and the connection closes without a reset, a large body in the same read
-as its head is served, and a refusal never gets ahead of (or after) the answer to a request before it."""
+as its head is served, a refusal never gets ahead of (or after) the answer to a request before it, and an answer's
+head and body leave in one write."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from serving.frontend.protocol import MAX_HEAD_BYTES, BoundedHeadProtocol
+from serving.frontend.protocol import MAX_HEAD_BYTES, BoundedHeadProtocol, OneWritePerPass
 
 TOO_LONG = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 20_000) + b"\r\n"  # by more than the piece that starts it
 
@@ -20,13 +21,19 @@ class Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written: list[bytes] = []
-        self.closing = self.eof = False
+        self.closing = self.eof = self.aborted = False
+        self.events: list[str] = []
 
     def write(self, data) -> None:
         self.written.append(bytes(data))
+        self.events.append("write")
 
     def close(self) -> None:
         self.closing = True
+        self.events.append("close")
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
 
     def is_closing(self) -> bool:
         return self.closing
@@ -36,6 +43,7 @@ class Transport(asyncio.Transport):
 
     def write_eof(self) -> None:
         self.eof = True
+        self.events.append("eof")
 
     def pause_reading(self) -> None:
         pass
@@ -161,3 +169,39 @@ def test_trailers_past_the_bound_after_an_early_answer_add_no_second_answer(conn
     answers = connection.transport.answers
     assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 200 ")
     assert connection.transport.eof or connection.transport.closing
+
+
+def test_an_answer_leaves_in_one_write(connection):
+    connection.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(connection.transport.written) == 1  # uvicorn writes the head and the body apart
+    assert connection.transport.answers.startswith(b"HTTP/1.1 200 ") and connection.transport.answers.endswith(b"/a 0")
+
+
+def test_writes_of_a_pass_go_at_its_end_and_before_a_close_or_an_end_of_writing():
+    loop = asyncio.new_event_loop()
+    try:
+        for finish in ("close", "eof"):
+            transport = Transport()
+            held = OneWritePerPass(transport, loop)
+            held.write(b"head ")
+            held.write(memoryview(bytearray(b"body")))
+            assert transport.written == [] and held.get_write_buffer_size() == 9
+            held.close() if finish == "close" else held.write_eof()
+            assert transport.written == [b"head body"] and transport.events == ["write", finish]
+            loop.run_until_complete(asyncio.sleep(0))  # the end of the pass finds nothing left to send
+            assert transport.written == [b"head body"]
+
+        transport = Transport()
+        held = OneWritePerPass(transport, loop)
+        held.write(b"answer")
+        loop.run_until_complete(asyncio.sleep(0))
+        assert transport.written == [b"answer"]
+        held.write(b"late")
+        transport.closing = True  # the client went away before the pass ended: nothing is sent
+        loop.run_until_complete(asyncio.sleep(0))
+        held.write(b"dropped")
+        held.abort()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert transport.written == [b"answer"] and transport.aborted and held.get_write_buffer_size() == 0
+    finally:
+        loop.close()
