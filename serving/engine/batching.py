@@ -37,9 +37,38 @@ class BatchStats:
     compute_s: float
 
 
+class Delivery:
+    """A request's outcome handed once to `deliver(result, error)` on the thread that settles it: how the engine
+    takes its requests' answers (it hands them to its I/O thread). A concurrent.futures.Future would take its lock
+    some eight times per request and build a condition variable for a waiter that never comes."""
+
+    __slots__ = ("deliver", "_once")
+
+    def __init__(self, deliver: Callable[[BatchedResult | None, BaseException | None], None]) -> None:
+        self.deliver = deliver
+        self._once = threading.Lock()  # taken by the first settlement: a request's texts may settle on two threads
+
+    def done(self) -> bool:
+        return self._once.locked()
+
+    def set_result(self, result: BatchedResult | None) -> None:
+        self._settle(result, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(None, error)
+
+    def _settle(self, result: BatchedResult | None, error: BaseException | None) -> None:
+        if not self._once.acquire(blocking=False):
+            return
+        try:
+            self.deliver(result, error)
+        except Exception:  # the batcher settles the batch's other requests all the same
+            log.exception("delivering a request's outcome failed")
+
+
 @dataclass(eq=False)
 class _Request:
-    future: Future
+    future: Future | Delivery
     scores: np.ndarray
     remaining: int
     deadline: float
@@ -188,11 +217,23 @@ class Batcher:
         share one request may hold) waits until the queue holds at most `room` texts with these, until the
         deadline, then RequestTimeout."""
         future: Future = Future()
+        self._submit(future, encoded, timeout_s, wait_for_room, room, inline)
+        return future
+
+    def submit_calling(self, deliver: Callable[[BatchedResult | None, BaseException | None], None],
+                       encoded: Sequence[EncodedText], timeout_s: float, wait_for_room: bool = False,
+                       room: int | None = None, inline: bool = True) -> None:
+        """submit(), with the outcome handed to `deliver(result, error)` on the thread that settles it (this one
+        when the texts run inline) instead of a future. What submit() raises is raised here too."""
+        self._submit(Delivery(deliver), encoded, timeout_s, wait_for_room, room, inline)
+
+    def _submit(self, future: Future | Delivery, encoded: Sequence[EncodedText], timeout_s: float,
+                wait_for_room: bool, room: int | None, inline: bool) -> None:
         if timeout_s <= 0:  # spent before queueing (reading, tokenising): never worth a forward
             raise RequestTimeout("request timed out before it reached the model")
         if not encoded:
             future.set_result(BatchedResult(np.zeros((0, self.num_labels), np.float32), 0.0, 0.0))
-            return future
+            return
         request = _Request(future, np.zeros((len(encoded), self.num_labels), np.float32), len(encoded),
                            time.monotonic() + timeout_s)
         with self._cond:
@@ -226,7 +267,6 @@ class Batcher:
                 self._run(items)
             finally:
                 self._idle()
-        return future
 
     def _one_batch(self, items: list[_Item]) -> bool:
         lengths = [item.cost_length for item in items]
@@ -324,7 +364,7 @@ class Batcher:
             log.exception("on_batch hook failed")
 
 
-def _settle(future: Future, result: BatchedResult | None = None, error: BaseException | None = None) -> None:
+def _settle(future: Future | Delivery, result: BatchedResult | None = None, error: BaseException | None = None) -> None:
     """Resolve a future once; the waiter may have given up (cancelled it) in the meantime."""
     try:
         if error is not None:

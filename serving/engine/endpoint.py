@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import logging
 import os
 import queue
@@ -20,11 +21,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 from serving.board import Board, EngineState
 from serving.channel import (
+    BatchedResult,
     BrokenStream,
     ControlReply,
     ControlRequest,
@@ -39,7 +40,6 @@ from serving.channel import (
     unpack,
 )
 from serving.classifier import EncodedText
-from serving.engine.batching import BatchedResult
 from serving.engine.models import EngineModels
 from serving.errors import NotReady, ServingError
 
@@ -291,19 +291,17 @@ class Endpoint:
     def _submit(self, connection: Connection, request: ScoreRequest, encoded: list[EncodedText], inline: bool) -> None:
         try:
             batcher = self.models.batcher(request.model, request.generation)  # 404 for a model not loaded here
-            future = batcher.submit(encoded, request.deadline - time.monotonic(), request.wait_for_room, request.room,
-                                    inline=inline)
+            batcher.submit_calling(functools.partial(self._settled, connection, request.request_id), encoded,
+                                   request.deadline - time.monotonic(), request.wait_for_room, request.room,
+                                   inline=inline)
         except Exception as exc:
             self._hand_over(connection, failure_reply(request.request_id, exc))
-            return
-        future.add_done_callback(lambda done: self._settled(connection, request.request_id, done))
 
-    def _settled(self, connection: Connection, request_id: int, future: Future) -> None:
-        error = future.exception() if not future.cancelled() else NotReady("request cancelled")
-        if error is not None:
-            reply = failure_reply(request_id, error)
+    def _settled(self, connection: Connection, request_id: int, result: BatchedResult | None,
+                 error: BaseException | None) -> None:
+        if result is None:
+            reply = failure_reply(request_id, error or RuntimeError("settled with neither scores nor an error"))
         else:
-            result: BatchedResult = future.result()
             reply = ScoreReply(request_id, result.scores, result.queue_s, result.compute_s)
         self._hand_over(connection, reply)
 

@@ -341,3 +341,52 @@ def test_a_part_waiting_for_room_when_the_server_stops_is_told_it_is_shutting_do
     model.gate.set()
     assert queued.result(10).scores[:, 0].tolist() == [2]  # what was queued before the stop still completes
     stopper.join(10)
+
+
+def test_a_delivery_runs_once_on_the_settling_thread_when_a_request_settles_on_two():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model)
+    deliveries: list[tuple] = []
+    deliver = lambda result, error: deliveries.append((result, error, threading.get_ident()))  # noqa: E731
+    batcher.submit_calling(deliver, texts(1, 2, 3, 4, 5), 10)  # four texts run, the fifth waits
+    model.entered.wait(5)
+    batcher.fail(NotReady("device lost"))  # settles the request through its waiting text, on this thread
+    model.fail_on = 1
+    model.gate.set()  # the running batch then fails too: a second settlement, not delivered
+    batcher._thread.join(5)
+    assert len(deliveries) == 1 and model.batches == [[1, 2, 3, 4]]
+    result, error, thread = deliveries[0]
+    assert result is None and isinstance(error, NotReady) and thread == threading.get_ident()
+
+
+def test_a_delivery_that_raises_leaves_the_rest_of_its_batch_delivered_and_the_loop_alive():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model)
+    blocker = batcher.submit(texts(1), 10)
+    model.entered.wait(5)
+    delivered: list[float] = []
+
+    def broken(result, error) -> None:
+        raise ValueError("the receiver failed")
+
+    batcher.submit_calling(broken, texts(7), 10)
+    batcher.submit_calling(lambda result, error: delivered.append(result.scores[0, 0]), texts(8), 10)
+    model.gate.set()
+    blocker.result(10)
+    assert batcher.submit(texts(9), 10).result(10).scores[0, 0] == 9  # after the batch of 7 and 8
+    assert delivered == [8] and model.batches[1] == [7, 8]
+    batcher.stop()
+
+
+def test_a_delivery_of_an_inline_run_is_made_before_submit_calling_returns():
+    batcher = Batcher(FakeModel(), 2, max_batch_size=4, max_batch_tokens=1000, run_inline_when_idle=True).start()
+    deliveries: list[tuple] = []
+    batcher.submit_calling(lambda result, error: deliveries.append((result.scores[0, 0], threading.get_ident())),
+                           texts(3), 10)
+    assert deliveries == [(3, threading.get_ident())]
+    with pytest.raises(RequestTimeout):  # refused before queueing: raised, never delivered
+        batcher.submit_calling(lambda result, error: deliveries.append(("late", 0)), texts(4), 0)
+    assert len(deliveries) == 1
+    assert batcher.stop()
