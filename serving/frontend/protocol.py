@@ -43,7 +43,7 @@ class OneWritePerPass:
             return
         if not self.held:
             self.loop.call_soon(self.flush)
-        self.held.append(bytes(data))  # a caller's buffer may change before the pass ends
+        self.held.append(data if isinstance(data, bytes) else bytes(data))  # a buffer may change before the pass ends
 
     def writelines(self, pieces) -> None:  # type: ignore[no-untyped-def]
         for data in pieces:
@@ -52,10 +52,9 @@ class OneWritePerPass:
     def flush(self) -> None:
         if not self.held:
             return
-        data = self.held[0] if len(self.held) == 1 else b"".join(self.held)
-        self.held.clear()
+        held, self.held = self.held, []
         if not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.writelines(held)  # uvloop sends the pieces in one writev, without joining them first
 
     def write_eof(self) -> None:
         self.flush()
