@@ -365,7 +365,7 @@ class Batcher:
 
 
 def _settle(future: Future | Delivery, result: BatchedResult | None = None, error: BaseException | None = None) -> None:
-    """Resolve a future once; the waiter may have given up (cancelled it) in the meantime."""
+    """Settle a request's future or delivery once; a future's waiter may have given up (cancelled it) meanwhile."""
     try:
         if error is not None:
             future.set_exception(error)

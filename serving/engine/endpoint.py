@@ -299,9 +299,10 @@ class Endpoint:
 
     def _settled(self, connection: Connection, request_id: int, result: BatchedResult | None,
                  error: BaseException | None) -> None:
-        if result is None:
-            reply = failure_reply(request_id, error or RuntimeError("settled with neither scores nor an error"))
+        if error is not None:
+            reply = failure_reply(request_id, error)
         else:
+            assert result is not None
             reply = ScoreReply(request_id, result.scores, result.queue_s, result.compute_s)
         self._hand_over(connection, reply)
 

@@ -25,25 +25,36 @@ from serving.frontend.direct import error_body
 # clients send, far below what would cost a front end memory
 MAX_HEAD_BYTES = 64 * 1024
 LINGER_S = 2.0  # after a refusal, how long the client may go on sending before the connection is cut
+HOLD_BYTES = 64 * 1024  # a connection's writes held for the end of the pass: past this, they go at once
 
 
 class OneWritePerPass:
     """A connection's transport whose writes made during one pass of the event loop go to the socket as one, at the
-    end of the pass; everything else is the transport's own. A close or an end of writing sends what is held first,
-    and what is held when the transport has closed meanwhile (the client went away) is dropped, as the transport
-    itself would drop it."""
+    end of the pass (at once when HOLD_BYTES are held: a large body does not wait, and flow control sees it); the
+    rest is the transport's own. A close, an end of writing, and the client's end of sending (after which uvloop
+    closes the transport itself: see BoundedHeadProtocol.eof_received) send what is held first. What is held when
+    the transport closed meanwhile (the connection was lost) is dropped, as the transport would drop it."""
+
+    __slots__ = ("transport", "loop", "held", "held_bytes", "ended")
 
     def __init__(self, transport, loop) -> None:  # type: ignore[no-untyped-def]
         self.transport = transport
         self.loop = loop
         self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.ended = False  # write_eof() was called: no write may follow, as on the transport
 
     def write(self, data) -> None:  # type: ignore[no-untyped-def]
+        if self.ended:
+            raise RuntimeError("cannot write after write_eof()")
         if not data:
             return
         if not self.held:
             self.loop.call_soon(self.flush)
         self.held.append(data if isinstance(data, bytes) else bytes(data))  # a buffer may change before the pass ends
+        self.held_bytes += len(data)
+        if self.held_bytes >= HOLD_BYTES:
+            self.flush()
 
     def writelines(self, pieces) -> None:  # type: ignore[no-untyped-def]
         for data in pieces:
@@ -52,12 +63,13 @@ class OneWritePerPass:
     def flush(self) -> None:
         if not self.held:
             return
-        held, self.held = self.held, []
+        held, self.held, self.held_bytes = self.held, [], 0
         if not self.transport.is_closing():
             self.transport.writelines(held)  # uvloop sends the pieces in one writev, without joining them first
 
     def write_eof(self) -> None:
         self.flush()
+        self.ended = True
         self.transport.write_eof()
 
     def close(self) -> None:
@@ -65,14 +77,14 @@ class OneWritePerPass:
         self.transport.close()
 
     def abort(self) -> None:
-        self.held.clear()
+        self.held, self.held_bytes = [], 0
         self.transport.abort()
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
 
     def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() + sum(len(data) for data in self.held)
+        return self.transport.get_write_buffer_size() + self.held_bytes
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.transport, name)
@@ -80,7 +92,8 @@ class OneWritePerPass:
 
 class BoundedHeadProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, OneWritePerPass(transport, self.loop)))
+        self.writes = OneWritePerPass(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, self.writes))
         self.head_bytes = 0
         self.reading_head = True  # a connection starts with a request's head
         self.refused = False  # a head was refused: what arrives is dropped until the connection closes
@@ -107,6 +120,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
         if data:
             super().data_received(data)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
+        """The client has finished sending. HTTP lets a client half-close once its request is sent, and uvicorn
+        would close at once, losing the answer: when every request read is whole, the connection stays open for
+        writing (True) and closes once they are answered. Otherwise (a body cut short) uvloop closes the transport
+        after this, not through OneWritePerPass: an answer written in this pass goes first."""
+        self.writes.flush()
+        cycle: RequestResponseCycle | None = self.cycle
+        if self.refused or cycle is None or cycle.more_body or cycle.response_complete or self.transport.is_closing():
+            return None
+        cycle.keep_alive = False  # the last request read: uvicorn closes after its answer
+        return True
 
     def on_headers_complete(self) -> None:
         self._body_next()

@@ -338,3 +338,30 @@ def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_ar
         for _ in range(3):  # kept alive: each head counted from its own start
             response = session.post(server.url + "/invocations", json={"inputs": ["hello there"]}, headers=under)
             assert response.status_code == 200, response.text[:200]
+
+
+def test_a_client_that_stops_sending_after_its_request_still_gets_the_answer(demo_dir, tmp_path):
+    """HTTP lets a client half-close its connection once the request is sent (nc -N does); uvicorn would close at
+    once and the engine's answer would be lost. A body cut short by the close still ends the connection."""
+    import json
+    import socket
+
+    def half_closed(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes: it must, once it has answered
+                answer += chunk
+            return answer
+
+    body = json.dumps({"inputs": ["hello there", "a second text"]}).encode()
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with sim_server(tmp_path, demo_dir) as server:
+        for _ in range(5):
+            answer = half_closed(head + body)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert len(json.loads(answer.partition(b"\r\n\r\n")[2])["predictions"]) == 2
+        assert half_closed(head + body[:5]) == b""  # cut short: closed unanswered, nothing scored in part
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200

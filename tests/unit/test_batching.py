@@ -371,11 +371,13 @@ def test_a_delivery_that_raises_leaves_the_rest_of_its_batch_delivered_and_the_l
     def broken(result, error) -> None:
         raise ValueError("the receiver failed")
 
+    second = threading.Event()
     batcher.submit_calling(broken, texts(7), 10)
-    batcher.submit_calling(lambda result, error: delivered.append(result.scores[0, 0]), texts(8), 10)
+    batcher.submit_calling(lambda result, error: (delivered.append(result.scores[0, 0]), second.set()), texts(8), 10)
     model.gate.set()
     blocker.result(10)
-    assert batcher.submit(texts(9), 10).result(10).scores[0, 0] == 9  # after the batch of 7 and 8
+    assert second.wait(10)
+    assert batcher.submit(texts(9), 10).result(10).scores[0, 0] == 9  # the loop lives on
     assert delivered == [8] and model.batches[1] == [7, 8]
     batcher.stop()
 
