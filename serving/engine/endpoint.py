@@ -299,10 +299,9 @@ class Endpoint:
 
     def _settled(self, connection: Connection, request_id: int, result: BatchedResult | None,
                  error: BaseException | None) -> None:
-        if error is not None:
-            reply = failure_reply(request_id, error)
+        if result is None:  # never settled with neither, but a request must always get an answer
+            reply = failure_reply(request_id, error or RuntimeError("settled with neither scores nor an error"))
         else:
-            assert result is not None
             reply = ScoreReply(request_id, result.scores, result.queue_s, result.compute_s)
         self._hand_over(connection, reply)
 

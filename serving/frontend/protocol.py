@@ -51,8 +51,9 @@ class OneWritePerPass:
             return
         if not self.held:
             self.loop.call_soon(self.flush)
-        self.held.append(data if isinstance(data, bytes) else bytes(data))  # a buffer may change before the pass ends
-        self.held_bytes += len(data)
+        piece = data if isinstance(data, bytes) else bytes(data)  # a buffer may change before the pass ends
+        self.held.append(piece)
+        self.held_bytes += len(piece)
         if self.held_bytes >= HOLD_BYTES:
             self.flush()
 
@@ -98,6 +99,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.reading_head = True  # a connection starts with a request's head
         self.refused = False  # a head was refused: what arrives is dropped until the connection closes
         self.running: RequestResponseCycle | None = None  # the request being answered (self.cycle may be queued)
+        self.answer_before_close: RequestResponseCycle | None = None  # after a refused head, the last answered
 
     def data_received(self, data: bytes) -> None:
         """While a head is unfinished the parser gets at most what is left of the bound, so a read that carries a
@@ -124,13 +126,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
         """The client has finished sending. HTTP lets a client half-close once its request is sent, and uvicorn
         would close at once, losing the answer: when every request read is whole, the connection stays open for
-        writing (True) and closes once they are answered. Otherwise (a body cut short) uvloop closes the transport
-        after this, not through OneWritePerPass: an answer written in this pass goes first."""
+        writing (True) and closes once they are answered (a client that closed for good holds its connection until
+        then, and its answer goes nowhere, as it would to one that closed a moment later). Otherwise (a body cut
+        short, nothing to answer) uvloop closes the transport after this, not through OneWritePerPass: an answer
+        written in this pass goes first."""
         self.writes.flush()
-        cycle: RequestResponseCycle | None = self.cycle
-        if self.refused or cycle is None or cycle.more_body or cycle.response_complete or self.transport.is_closing():
+        if self.transport.is_closing():
             return None
-        cycle.keep_alive = False  # the last request read: uvicorn closes after its answer
+        # the last request to answer: after a refused head, the one answered before the connection closes
+        cycle: RequestResponseCycle | None = self.answer_before_close if self.refused else self.cycle
+        if cycle is None or cycle.more_body or cycle.response_complete:
+            return None
+        cycle.keep_alive = False  # uvicorn closes after its answer
         return True
 
     def on_headers_complete(self) -> None:
@@ -175,6 +182,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
                 cycle = None
         if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = False  # uvicorn closes once it is answered
+            self.answer_before_close = cycle
             # and what arrives meanwhile is read and dropped, whatever uvicorn paused reading for: a close with
             # unread input would send a reset, which can cut that answer short
             self.flow.resume_reading()

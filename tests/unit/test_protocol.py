@@ -242,6 +242,21 @@ def test_a_client_that_half_closes_after_a_whole_request_is_answered_then_the_co
     assert connection.transport.answers.startswith(b"HTTP/1.1 200 ") and connection.transport.closing
 
 
-def test_a_client_that_half_closes_mid_body_is_not_waited_for(connection):
+def test_a_client_that_half_closes_mid_body_or_with_everything_answered_is_not_waited_for(connection):
     connection.feed(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-    assert not connection.protocol.eof_received()  # uvloop closes the transport: the app hears a disconnect
+    assert not connection.protocol.eof_received()  # (uvloop then closes the transport: the app hears a disconnect)
+    answered = Connection()
+    answered.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answered.transport.answers.startswith(b"HTTP/1.1 200 ")
+    assert not answered.protocol.eof_received()  # kept alive with nothing left to answer: closed, not left idle
+    answered.loop.close()
+
+
+def test_a_client_that_half_closes_after_a_refused_head_still_gets_the_answer_before_it(connection):
+    connection.feed(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    connection.feed(b"GET /c HTTP/1.1\r\nHost: x\r\n" + TOO_LONG)  # refused: /slow is answered, then close
+    assert connection.protocol.eof_received() is True
+    connection.release.set()
+    connection.spin()
+    answers = connection.transport.answers
+    assert answers.startswith(b"HTTP/1.1 200 ") and b"/slow" in answers and connection.transport.closing
