@@ -68,6 +68,13 @@ class RequestTimeout(ServingError):
     code = "timeout"
 
 
+class BodyTimeout(ServingError):
+    """The client had not sent the whole body by the request's deadline (it stalled, or sends too slowly)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ModelNotFound(ServingError):
     """A multi-model endpoint has no model of that name loaded, or a folder to load holds no model."""
 

@@ -31,7 +31,7 @@ from serving.board import RUN_DIR_ENV
 from serving.channel import BatchedResult
 from serving.classifier import Classifier, EncodedText, Scores
 from serving.config import Settings
-from serving.errors import BadRequest, NotReady, PayloadTooLarge, QueueFull, RequestTimeout
+from serving.errors import BadRequest, BodyTimeout, NotReady, PayloadTooLarge, QueueFull, RequestTimeout
 from serving.frontend import codecs
 from serving.frontend.app import ModelState
 from serving.frontend.direct import (
@@ -111,7 +111,8 @@ class LoopRoutes:
         request_id = headers.get("x-amzn-requestid") or uuid.uuid4().hex
         label = route
         model = ""  # a multi-model endpoint's loaded model this request was for
-        body = Body(receive, headers, self.settings.max_payload_bytes)
+        # reading the body counts against the request's time: a client that stalls holds it no longer
+        body = Body(receive, headers, self.settings.max_payload_bytes, started + self.settings.timeout_s)
         try:
             early = answer_method(method, route)
             if early is not None:
@@ -122,8 +123,7 @@ class LoopRoutes:
             else:
                 if self.state.models is not None:
                     model = model_name(path, headers.get("x-amzn-sagemaker-target-model", ""))
-                deadline = started + self.settings.timeout_s  # reading the body counts against it
-                status, content_type, payload, extra = await self._invoke(body, headers, model, deadline)
+                status, content_type, payload, extra = await self._invoke(body, headers, model, body.deadline)
         except Exception as exc:
             status, content_type, payload, extra = answer_error(exc, request_id)
         answered_at = time.monotonic()  # a client-paced read of a body answered early is not the server's latency
@@ -213,15 +213,25 @@ def _step(steps: Steps, value: Any, deadline: float) -> tuple[bool, Any]:
 class Body:
     """A request's body from ASGI messages, read as serving.frontend.direct reads it from WSGI: at most the
     payload limit, a short body refused, not scored in part; drained() keeps the connection in step when an
-    answer came before the body was read."""
+    answer came before the body was read. A body not whole by `deadline` (time.monotonic()) is given up on: 408,
+    and the connection closes."""
 
-    def __init__(self, receive: Callable, headers: dict[str, str], limit: int) -> None:
+    def __init__(self, receive: Callable, headers: dict[str, str], limit: int, deadline: float) -> None:
         self.receive = receive
         self.headers = headers
         self.limit = limit
+        self.deadline = deadline
         self.complete: bool | None = None  # True once read whole, False once given up on
 
     async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(max(self.deadline - time.monotonic(), 0.0)):
+                return await self._read()
+        except TimeoutError:
+            self.complete = False
+            raise BodyTimeout("the request body had not arrived whole by the request's deadline") from None
+
+    async def _read(self) -> bytes:
         declared = self.headers.get("content-length")
         length = None
         if declared:

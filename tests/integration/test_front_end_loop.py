@@ -29,8 +29,9 @@ def app() -> LoopRoutes:
 
 
 def call(app: LoopRoutes, method: str, path: str, headers: dict[str, str], chunks: list[bytes] | None = None,
-         disconnect: bool = False) -> tuple[int, dict[str, str], bytes, int]:
-    """Status, headers, body and how many body messages the app read."""
+         disconnect: bool = False, stall: bool = False) -> tuple[int, dict[str, str], bytes, int]:
+    """Status, headers, body and how many body messages the app read; with `stall`, the client sends its first
+    chunk and then nothing more, and stays connected."""
     chunks = chunks or [b""]
     messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     if disconnect:
@@ -40,6 +41,8 @@ def call(app: LoopRoutes, method: str, path: str, headers: dict[str, str], chunk
 
     async def receive() -> dict:
         read.append(1)
+        if stall and len(read) > 1:
+            await asyncio.Event().wait()  # never set
         return messages[min(len(read), len(messages)) - 1]
 
     async def send(message: dict) -> None:
@@ -49,7 +52,7 @@ def call(app: LoopRoutes, method: str, path: str, headers: dict[str, str], chunk
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
              "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000),
              "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]}
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))  # a stalled read the app never gives up on fails
     start, *rest = sent
     answered = {k.decode().lower(): v.decode("latin-1") for k, v in start["headers"]}
     return start["status"], answered, b"".join(m.get("body", b"") for m in rest), len(read)
@@ -101,6 +104,20 @@ def test_an_answer_given_before_the_body_was_read_keeps_the_connection_when_the_
                                  "X-Amzn-SageMaker-Custom-Attributes": "truncate=false"}, chunks)
     assert status == 503 and "connection" not in headers  # read whole, then no model
     assert headers["x-amzn-sagemaker-custom-attributes"] == "truncate=false"
+
+
+def test_a_body_that_stops_arriving_gets_408_at_the_request_deadline_and_the_connection_closes():
+    settings = Settings(timeout_s=1)
+    flask_app = create_app(settings)
+    app = LoopRoutes(flask_app, flask_app.extensions["model_state"], settings)
+    for method, chunks in (("POST", [b'{"inputs": "a', b'"}']), ("DELETE", [b"a", b"b"])):  # DELETE: answered early
+        started = time.monotonic()
+        status, headers, body, read = call(app, method, "/invocations", {"Content-Length": "17"}, chunks, stall=True)
+        assert 0.9 < time.monotonic() - started < 5 and headers["connection"] == "close" and read == 2
+        if method == "POST":
+            assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
+        else:  # its 405 waited for the body to keep the connection in step, then gave up on it
+            assert status == 405
 
 
 def test_past_its_share_of_large_requests_a_front_end_answers_429_before_reading_another(app):
