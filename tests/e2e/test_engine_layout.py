@@ -342,7 +342,8 @@ def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_ar
 
 def test_a_client_that_stops_sending_after_its_request_still_gets_the_answer(demo_dir, tmp_path):
     """HTTP lets a client half-close its connection once the request is sent (nc -N does); uvicorn would close at
-    once and the engine's answer would be lost. A body cut short by the close still ends the connection."""
+    once and the engine's answer would be lost. A body cut short by the close still ends the connection, and one
+    that stops arriving (the client stays) gets 408 at the request's deadline."""
     import json
     import socket
 
@@ -358,10 +359,18 @@ def test_a_client_that_stops_sending_after_its_request_still_gets_the_answer(dem
     body = json.dumps({"inputs": ["hello there", "a second text"]}).encode()
     head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
-    with sim_server(tmp_path, demo_dir) as server:
+    with sim_server(tmp_path, demo_dir, "--timeout-s", "2") as server:
         for _ in range(5):
             answer = half_closed(head + body)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
             assert len(json.loads(answer.partition(b"\r\n\r\n")[2])["predictions"]) == 2
         assert half_closed(head + body[:5]) == b""  # cut short: closed unanswered, nothing scored in part
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(head + body[:5])  # and nothing more, still connected
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ") and 1.5 < time.monotonic() - started < 8, answer[:200]
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
         assert requests.get(server.url + "/ping", timeout=5).status_code == 200
