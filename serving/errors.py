@@ -69,7 +69,8 @@ class RequestTimeout(ServingError):
 
 
 class BodyTimeout(ServingError):
-    """The client had not sent the whole body by the request's deadline (it stalled, or sends too slowly)."""
+    """The client had not sent the whole body by the request's deadline (it stalled, or sends too slowly): the
+    client's delay, where RequestTimeout (504) is the server's."""
 
     status = 408
     code = "request_timeout"

@@ -340,7 +340,7 @@ def test_a_request_head_over_the_limit_gets_431_and_bodies_and_heads_under_it_ar
             assert response.status_code == 200, response.text[:200]
 
 
-def test_a_client_that_stops_sending_after_its_request_still_gets_the_answer(demo_dir, tmp_path):
+def test_a_client_that_stops_sending_gets_its_answer_or_408_and_the_server_keeps_serving(demo_dir, tmp_path):
     """HTTP lets a client half-close its connection once the request is sent (nc -N does); uvicorn would close at
     once and the engine's answer would be lost. A body cut short by the close still ends the connection, and one
     that stops arriving (the client stays) gets 408 at the request's deadline."""

@@ -110,14 +110,18 @@ def test_a_body_that_stops_arriving_gets_408_at_the_request_deadline_and_the_con
     settings = Settings(timeout_s=1)
     flask_app = create_app(settings)
     app = LoopRoutes(flask_app, flask_app.extensions["model_state"], settings)
-    for method, chunks in (("POST", [b'{"inputs": "a', b'"}']), ("DELETE", [b"a", b"b"])):  # DELETE: answered early
+    large = str(LOOP_BODY_MAX + 1)  # counted among the front end's large requests while it is read
+    for method, length, chunks in (("POST", "17", [b'{"inputs": "a', b'"}']), ("POST", large, [b"[", b"]"]),
+                                   ("DELETE", "17", [b"a", b"b"])):  # DELETE: answered before its body is read
         started = time.monotonic()
-        status, headers, body, read = call(app, method, "/invocations", {"Content-Length": "17"}, chunks, stall=True)
+        status, headers, body, read = call(app, method, "/invocations", {"Content-Length": length}, chunks,
+                                           stall=True)
         assert 0.9 < time.monotonic() - started < 5 and headers["connection"] == "close" and read == 2
         if method == "POST":
             assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
         else:  # its 405 waited for the body to keep the connection in step, then gave up on it
             assert status == 405
+        assert app.large == 0
 
 
 def test_past_its_share_of_large_requests_a_front_end_answers_429_before_reading_another(app):
