@@ -2,7 +2,7 @@
 is the limit, whatever the accelerator. An engine (serving.engine.endpoint, the simulated backend: each forward
 waits fixed + per-token x padded tokens on the device and costs no host CPU) serves a raw front end in the same
 process that sends K single-text requests per write and waits for their answers; the engine's threads' CPU time is
-read from /proc. Prints a table; no HTTP involved.
+read with psutil. Prints a table; no HTTP involved.
 
     .venv/bin/python -m loadtest.bench_engine [--per-write 1 4 16 64] [--fixed-ms 0.5] [--seconds 5]
 """

@@ -49,13 +49,13 @@ class OneWritePerPass:
             raise RuntimeError("cannot write after write_eof()")
         if not data:
             return
-        if not self.held:
-            self.loop.call_soon(self.flush)
         piece = data if isinstance(data, bytes) else bytes(data)  # a buffer may change before the pass ends
         self.held.append(piece)
         self.held_bytes += len(piece)
         if self.held_bytes >= HOLD_BYTES:
             self.flush()
+        elif len(self.held) == 1:  # the first piece of this pass: the end of the pass sends it
+            self.loop.call_soon(self.flush)
 
     def writelines(self, pieces) -> None:  # type: ignore[no-untyped-def]
         for data in pieces:
@@ -196,8 +196,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def _close_after_answers(self) -> None:
         """Close without a reset: a socket closed with unread input sends one, and the client may lose the answer
-        in flight. Write side first; what the client still sends is read and dropped until it closes (uvicorn's
-        eof_received lets the transport close then) or LINGER_S passes."""
+        in flight. Write side first; what the client still sends is read and dropped until it closes (eof_received
+        then lets the transport close) or LINGER_S passes."""
         if self.transport.is_closing():
             return
         if self.transport.can_write_eof():
